@@ -1,0 +1,831 @@
+//! The ledger: submit commands, get durable receipts.
+//!
+//! The write path, in one writer thread that owns all appends:
+//!
+//! 1. take every submission waiting (group commit, up to [`LedgerOptions::max_group`] commands);
+//! 2. for each: check the command id (duplicate → original receipt; same id, other body → conflict), the
+//!    expected stream version, then [`crate::decide`] against the state including earlier commands of the group;
+//! 3. assign gapless seqs, encode bodies, chain-hash them, append their leaves to the Merkle tiles,
+//!    [`crate::state::apply`] them;
+//! 4. write blocks, idempotency entries, completed tiles, a signed checkpoint when due and the state snapshot
+//!    when due in **one atomic sled batch**, then flush and fdatasync ([`Store::commit`]);
+//! 5. only then answer every submitter and publish the events to live-tail subscribers.
+//!
+//! If step 4 fails nothing is acknowledged, the in-memory state is reloaded from disk, and the ledger keeps
+//! serving: a full disk gives errors until space is freed, never a half-written or unacknowledged-but-durable
+//! surprise (a batch either landed whole, and is found by seq after reload, or not at all).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::chain::{GENESIS, Hash, chain_hash};
+use crate::checkpoint::{Checkpoint, sign_checkpoint};
+use crate::codec::{decode_value, encode_record_into, encode_value};
+use crate::command::{Context, Submission, validate_command_id};
+use crate::decide::{Rejection, command_stream, decide};
+use crate::event::{EventRecord, UnixMillis};
+use crate::merkle::{self, NodeSource, leaf_hash};
+use crate::note::Signer;
+use crate::replay::{ReadError, for_each_raw, read_events};
+use crate::state::{State, StreamRef, apply};
+use crate::store::{
+    CommandEntry, CommitBatch, MAX_BLOCK_BYTES, Store, StoreError, decode_seq_hash, encode_seq_hash, finish_block,
+    start_block,
+};
+use crate::tiles::{CompletedTile, TileBuilder, hash_in_tile};
+
+/// Tunables of a ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerOptions {
+    /// Signs checkpoints; without one, no checkpoints are made.
+    pub signer: Option<Signer>,
+    /// The checkpoint origin line (the log's name), e.g. `hwledger.example/fleet`.
+    pub origin: String,
+    /// A new checkpoint is signed in the first commit at least this long (ledger time) after the last one.
+    pub checkpoint_interval_ms: i64,
+    /// A decision-state snapshot is written every this many events (bounds the replay at open).
+    pub snapshot_every: u64,
+    /// Most commands in one group commit.
+    pub max_group: usize,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> LedgerOptions {
+        LedgerOptions {
+            signer: None,
+            origin: "hwledger".to_owned(),
+            checkpoint_interval_ms: 1_000,
+            snapshot_every: 100_000,
+            max_group: 4096,
+        }
+    }
+}
+
+/// Proof that a command's events are in the log: what an agent keeps as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The command's idempotency key.
+    pub command_id: String,
+    /// Seq of the first event the command appended.
+    pub first_seq: u64,
+    /// Seq of the last event the command appended.
+    pub seq: u64,
+    /// Merkle leaf index of the last event (`seq - 1`).
+    pub leaf_index: u64,
+    /// Chain hash after the last event.
+    #[serde(with = "crate::codec::hex32")]
+    pub hash: Hash,
+    /// Stream of the last event.
+    pub stream: String,
+    /// That stream's version after the command.
+    pub stream_version: u64,
+}
+
+/// What became of one submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Appended; durable.
+    Accepted(Receipt),
+    /// The command id was seen before with the same command: the original receipt, nothing appended.
+    Duplicate(Receipt),
+    /// Refused by a rule; nothing appended.
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    /// The receipt, if the command is (now or before) in the log.
+    pub fn receipt(&self) -> Option<&Receipt> {
+        match self {
+            Outcome::Accepted(r) | Outcome::Duplicate(r) => Some(r),
+            Outcome::Rejected(_) => None,
+        }
+    }
+}
+
+/// A fail-stop error of a submission: nothing about the command is known to be durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Writing failed (disk full, I/O error). Retry later with the same command id.
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    /// The ledger refuses writes because its chain is broken (see `hwledger verify`).
+    #[error("ledger refuses writes: {0}")]
+    Broken(String),
+    /// The ledger is shutting down.
+    #[error("ledger is closed")]
+    Closed,
+}
+
+impl SubmitError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubmitError::Storage(_) => "storage_unavailable",
+            SubmitError::Broken(_) => "ledger_broken",
+            SubmitError::Closed => "ledger_closed",
+        }
+    }
+}
+
+/// Why a ledger could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading the log failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// An event that was just made durable, as published to live-tail subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedEvent {
+    /// Seq.
+    pub seq: u64,
+    /// Chain hash.
+    pub hash: Hash,
+    /// The record.
+    pub record: EventRecord,
+}
+
+/// The head of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Last seq (0 when empty).
+    pub seq: u64,
+    /// Chain hash at that seq ([`GENESIS`] when empty).
+    pub hash: Hash,
+}
+
+/// One or more submissions and where to send their outcomes.
+struct Request {
+    items: Vec<(Submission, Context)>,
+    /// Sign a checkpoint of the head in this group even if the interval has not passed.
+    sign_now: Option<UnixMillis>,
+    reply: tokio::sync::oneshot::Sender<Vec<Result<Outcome, SubmitError>>>,
+}
+
+/// Awaitable outcomes of a submission (blocking or async).
+#[derive(Debug)]
+pub struct Ticket(tokio::sync::oneshot::Receiver<Vec<Result<Outcome, SubmitError>>>);
+
+impl Ticket {
+    /// Blocks until the outcomes are known. Do not call inside an async runtime (use [`Ticket::outcomes`]).
+    pub fn wait(self) -> Vec<Result<Outcome, SubmitError>> {
+        self.0.blocking_recv().unwrap_or_default()
+    }
+
+    /// Waits for the outcomes asynchronously.
+    pub async fn outcomes(self) -> Vec<Result<Outcome, SubmitError>> {
+        self.0.await.unwrap_or_default()
+    }
+}
+
+struct Shared {
+    store: Store,
+    state: RwLock<State>,
+    tiles: RwLock<TileBuilder>,
+    head: RwLock<Head>,
+    /// Set when the chain failed its check at open: the ledger serves reads but refuses writes.
+    broken: Option<String>,
+    tail: tokio::sync::broadcast::Sender<Arc<Vec<CommittedEvent>>>,
+    /// The latest signed checkpoint: (tree size, note text).
+    checkpoint: RwLock<Option<(u64, String)>>,
+    options: LedgerOptions,
+}
+
+/// An open ledger. Cheap to share behind an `Arc`; dropping it stops the writer after pending work.
+pub struct Ledger {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<crossbeam_channel::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("dir", &self.shared.store.dir()).field("head", &self.head()).finish()
+    }
+}
+
+const META_VERIFIED: &str = "verified";
+const TAIL_CAPACITY: usize = 1024;
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir`: loads the state snapshot, checks the chain since the last
+    /// verified point, replays events after the snapshot, and rebuilds the in-memory Merkle edge.
+    pub fn open(dir: &Path, options: LedgerOptions) -> Result<Ledger, OpenError> {
+        let store = Store::open(dir)?;
+        let loaded = load(&store)?;
+        let (tail, _) = tokio::sync::broadcast::channel(TAIL_CAPACITY);
+        let shared = Arc::new(Shared {
+            store,
+            state: RwLock::new(loaded.state),
+            tiles: RwLock::new(loaded.tiles),
+            head: RwLock::new(loaded.head),
+            broken: loaded.broken,
+            tail,
+            checkpoint: RwLock::new(loaded.checkpoint),
+            options,
+        });
+        if let Some(why) = &shared.broken {
+            tracing::error!(dir = %dir.display(), "ledger chain check failed, writes refused: {why}");
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        let w = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("hwledger-writer".into())
+            .spawn(move || writer_loop(&w, &rx))
+            .map_err(|source| StoreError::Io { op: "spawn writer thread", path: dir.to_path_buf(), source })?;
+        Ok(Ledger { shared, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Queues submissions; their outcomes arrive on the ticket once durable (or refused).
+    pub fn submit_many(&self, items: Vec<(Submission, Context)>) -> Ticket {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let n = items.len();
+        let guard = self.tx.lock();
+        match guard.as_ref() {
+            Some(tx) => {
+                if let Err(e) = tx.send(Request { items, reply, sign_now: None }) {
+                    let _ = e.0.reply.send(vec![Err(SubmitError::Closed); n]);
+                }
+            }
+            None => {
+                let _ = reply.send(vec![Err(SubmitError::Closed); n]);
+            }
+        }
+        Ticket(rx)
+    }
+
+    /// Submits one command and waits (blocking) for its outcome.
+    pub fn submit(&self, submission: Submission, ctx: Context) -> Result<Outcome, SubmitError> {
+        self.submit_many(vec![(submission, ctx)]).wait().pop().unwrap_or(Err(SubmitError::Closed))
+    }
+
+    /// Submits one command and waits asynchronously.
+    pub async fn submit_async(&self, submission: Submission, ctx: Context) -> Result<Outcome, SubmitError> {
+        self.submit_many(vec![(submission, ctx)]).outcomes().await.pop().unwrap_or(Err(SubmitError::Closed))
+    }
+
+    /// The head of the log (durable).
+    pub fn head(&self) -> Head {
+        *self.shared.head.read()
+    }
+
+    /// Why the ledger refuses writes, if it does.
+    pub fn broken(&self) -> Option<&str> {
+        self.shared.broken.as_deref()
+    }
+
+    /// A copy of the decision state (for tests and tools; projections are the read models).
+    pub fn state(&self) -> State {
+        self.shared.state.read().clone()
+    }
+
+    /// Runs `f` with the decision state (e.g. to check a certificate pin on every request).
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.shared.state.read())
+    }
+
+    /// The underlying store (read access for replay, projections and proofs).
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Subscribes to events committed from now on. A subscriber that falls more than 1024 commits behind gets
+    /// `Lagged` and should re-read from the store.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<CommittedEvent>>> {
+        self.shared.tail.subscribe()
+    }
+
+    /// Reads events `[from, to]`.
+    pub fn read(&self, from: u64, to: u64) -> Result<Vec<crate::replay::LoggedEvent>, ReadError> {
+        read_events(&self.shared.store, from, to.min(self.head().seq))
+    }
+
+    /// The Merkle root of the tree of the first `size` events (`size` ≤ head).
+    pub fn root(&self, size: u64) -> Result<Hash, ProofError> {
+        self.check_size(size)?;
+        merkle::root(&self.nodes(), size).map_err(ProofError::Store)
+    }
+
+    /// An inclusion proof that the event at `seq` is in the tree of `size` events.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
+        self.check_size(size)?;
+        if seq == 0 || seq > size {
+            return Err(ProofError::Range(format!("event {seq} is not in a tree of size {size}")));
+        }
+        merkle::inclusion_proof(&self.nodes(), seq - 1, size).map_err(|e| ProofError::Range(format!("{e:?}")))
+    }
+
+    /// A consistency proof between trees of `size1` and `size2` events.
+    pub fn consistency_proof(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, ProofError> {
+        self.check_size(size2)?;
+        merkle::consistency_proof(&self.nodes(), size1, size2).map_err(|e| ProofError::Range(format!("{e:?}")))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), ProofError> {
+        let head = self.head().seq;
+        if size > head {
+            return Err(ProofError::Range(format!("tree size {size} is beyond the log's {head} events")));
+        }
+        Ok(())
+    }
+
+    fn nodes(&self) -> LedgerNodes<'_> {
+        LedgerNodes { shared: &self.shared }
+    }
+
+    /// The latest signed checkpoint (tree size, signed note), if any.
+    pub fn latest_checkpoint(&self) -> Option<(u64, String)> {
+        self.shared.checkpoint.read().clone()
+    }
+
+    /// Signs a checkpoint of the current head now (waits for pending writes), returning the note.
+    pub fn sign_checkpoint_now(&self, now: UnixMillis) -> Result<Option<(u64, String)>, SubmitError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        match self.tx.lock().as_ref() {
+            Some(tx) => {
+                if tx.send(Request { items: Vec::new(), reply, sign_now: Some(now) }).is_err() {
+                    return Err(SubmitError::Closed);
+                }
+            }
+            None => return Err(SubmitError::Closed),
+        }
+        rx.blocking_recv().map_err(|_| SubmitError::Closed)?;
+        if let Some(why) = &self.shared.broken {
+            return Err(SubmitError::Broken(why.clone()));
+        }
+        Ok(self.latest_checkpoint())
+    }
+
+    /// Stops the writer after the work already queued, writes a final state snapshot, and syncs.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.tx.lock().take();
+        if let Some(w) = self.writer.lock().take() {
+            let _ = w.join();
+        }
+        if self.shared.broken.is_none() {
+            let state = self.shared.state.read();
+            let batch = CommitBatch { snapshot: Some(snapshot_bytes(&state)), ..CommitBatch::default() };
+            self.shared.store.commit(batch)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!("closing ledger: {e}");
+        }
+    }
+}
+
+/// Why a proof could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    /// Sizes or seqs out of range.
+    #[error("{0}")]
+    Range(String),
+    /// Storage failed or a node is missing.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Merkle nodes of a live ledger: the right edge from memory, full tiles from the store.
+struct LedgerNodes<'a> {
+    shared: &'a Shared,
+}
+
+impl NodeSource for LedgerNodes<'_> {
+    type Error = String;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, String> {
+        let located = self.shared.tiles.read().locate(level, index);
+        match located {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err(format!("node ({level}, {index}) does not exist yet")),
+            Err((t, k, offset)) => {
+                let tile = self.shared.store.tile(t, k).map_err(|e| e.to_string())?;
+                tile.as_deref()
+                    .and_then(|b| hash_in_tile(b, offset))
+                    .ok_or_else(|| format!("Merkle tile ({t}, {k}) is missing"))
+            }
+        }
+    }
+}
+
+/// Merkle nodes straight from a store (for tools without a live ledger).
+pub struct StoreNodes<'a> {
+    /// The store.
+    pub store: &'a Store,
+    /// Its rebuilt right edge.
+    pub tiles: TileBuilder,
+}
+
+impl NodeSource for StoreNodes<'_> {
+    type Error = String;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, String> {
+        match self.tiles.locate(level, index) {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err(format!("node ({level}, {index}) does not exist")),
+            Err((t, k, offset)) => {
+                let tile = self.store.tile(t, k).map_err(|e| e.to_string())?;
+                tile.as_deref()
+                    .and_then(|b| hash_in_tile(b, offset))
+                    .ok_or_else(|| format!("Merkle tile ({t}, {k}) is missing"))
+            }
+        }
+    }
+}
+
+struct Loaded {
+    state: State,
+    tiles: TileBuilder,
+    head: Head,
+    broken: Option<String>,
+    checkpoint: Option<(u64, String)>,
+}
+
+fn snapshot_bytes(state: &State) -> Vec<u8> {
+    encode_value(state)
+}
+
+/// Rebuilds the in-memory right edge of the Merkle tree for a log of `size` events.
+pub fn restore_tiles(store: &Store, size: u64) -> Result<TileBuilder, ReadError> {
+    let tail_start = (size & !0xff) + 1;
+    let mut leaves = Vec::new();
+    if size >= tail_start {
+        for_each_raw(store, tail_start, size, |_, body, _| {
+            leaves.push(leaf_hash(body));
+            Ok(())
+        })?;
+    }
+    TileBuilder::restore(size, &leaves, |t, k| {
+        let tile = store.tile(t, k)?;
+        tile.as_deref()
+            .and_then(|b| hash_in_tile(b, crate::tiles::TILE_HASHES - 1))
+            .ok_or_else(|| ReadError::Framing { seq: 0, detail: format!("Merkle tile ({t}, {k}) is missing") })
+    })
+}
+
+fn load(store: &Store) -> Result<Loaded, OpenError> {
+    // State from the snapshot, if it decodes; a bad snapshot only costs a longer replay.
+    let mut state = match store.snapshot()? {
+        Some(bytes) => decode_value::<State>(&bytes).unwrap_or_else(|e| {
+            tracing::warn!("state snapshot unreadable ({e}); replaying the whole log");
+            State::default()
+        }),
+        None => State::default(),
+    };
+    let verified = store.meta(META_VERIFIED)?.as_deref().and_then(decode_seq_hash);
+    let (verified_seq, verified_hash) = verified.unwrap_or((0, GENESIS));
+    let mut broken = None;
+
+    // Check the chain from the last verified point, and replay events after the snapshot.
+    let from = (verified_seq + 1).min(state.last_seq + 1);
+    let mut prev: Option<Hash> = if from == verified_seq + 1 { Some(verified_hash) } else { None };
+    let mut head = Head { seq: 0, hash: GENESIS };
+    if from > 1 {
+        if let Some(e) = read_events(store, from - 1, from - 1)?.pop() {
+            prev = prev.or(Some(e.hash));
+            head = Head { seq: e.seq, hash: e.hash };
+        }
+    } else {
+        prev = Some(GENESIS);
+    }
+    let mut prev = prev.unwrap_or(GENESIS);
+    let result = for_each_raw(store, from, u64::MAX, |seq, body, stored| {
+        if broken.is_some() {
+            return Ok(());
+        }
+        let computed = chain_hash(&prev, body);
+        if seq > verified_seq && computed != *stored {
+            broken = Some(format!("event {seq}: stored hash does not match its body and predecessor"));
+            return Ok(());
+        }
+        prev = *stored;
+        head = Head { seq, hash: *stored };
+        if seq > state.last_seq {
+            match crate::codec::decode_record(body) {
+                Ok(record) if record.seq == seq => apply(&mut state, &record),
+                Ok(record) => broken = Some(format!("event {seq}: body says seq {}", record.seq)),
+                Err(e) => broken = Some(format!("event {seq}: {e}")),
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        broken = Some(e.to_string());
+    }
+    if state.last_seq > head.seq && broken.is_none() {
+        broken = Some(format!("state snapshot is at seq {} but the log ends at {}", state.last_seq, head.seq));
+    }
+    let tiles = restore_tiles(store, head.seq)?;
+    let checkpoint = store.checkpoint_at_or_before(u64::MAX)?;
+    if let (Some((size, _)), None) = (&checkpoint, &broken) {
+        if *size > head.seq {
+            broken = Some(format!("a checkpoint of size {size} was signed but the log has only {} events", head.seq));
+        }
+    }
+    Ok(Loaded { state, tiles, head, broken, checkpoint })
+}
+
+fn submission_digest(sub: &Submission, ctx: &Context) -> Hash {
+    let mut h = Sha256::new();
+    h.update(encode_value(&(&sub.command, sub.expected_version, &ctx.actor)));
+    h.finalize().into()
+}
+
+/// Builds a receipt for events `[first, last]` already in the store.
+fn stored_receipt(store: &Store, command_id: &str, entry: &CommandEntry) -> Result<Receipt, ReadError> {
+    let last = read_events(store, entry.last_seq, entry.last_seq)?
+        .pop()
+        .ok_or(ReadError::Gap { expected: entry.last_seq, found: 0 })?;
+    Ok(Receipt {
+        command_id: command_id.to_owned(),
+        first_seq: entry.first_seq,
+        seq: last.seq,
+        leaf_index: last.seq - 1,
+        hash: last.hash,
+        stream: StreamRef::of_event(&last.record.event).name(),
+        stream_version: last.record.stream_version,
+    })
+}
+
+fn writer_loop(shared: &Shared, rx: &crossbeam_channel::Receiver<Request>) {
+    let mut w = Writer::new(shared);
+    while let Ok(first) = rx.recv() {
+        let mut requests = vec![first];
+        let mut n = requests[0].items.len();
+        while n < shared.options.max_group {
+            match rx.try_recv() {
+                Ok(r) => {
+                    n += r.items.len();
+                    requests.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        w.process(requests);
+    }
+}
+
+/// Per-group scratch space, reused across groups.
+struct Writer<'a> {
+    shared: &'a Shared,
+    block: Vec<u8>,
+    events_since_snapshot: u64,
+    last_checkpoint_at: Option<UnixMillis>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(shared: &'a Shared) -> Writer<'a> {
+        Writer {
+            shared,
+            block: Vec::with_capacity(MAX_BLOCK_BYTES + 4096),
+            events_since_snapshot: 0,
+            last_checkpoint_at: None,
+        }
+    }
+
+    fn process(&mut self, requests: Vec<Request>) {
+        let shared = self.shared;
+        if let Some(why) = &shared.broken {
+            for r in requests {
+                let n = r.items.len();
+                let _ = r.reply.send(vec![Err(SubmitError::Broken(why.clone())); n]);
+            }
+            return;
+        }
+        let mut outcomes: Vec<Vec<Result<Outcome, SubmitError>>> = Vec::with_capacity(requests.len());
+        let mut batch = CommitBatch::default();
+        let mut committed: Vec<CommittedEvent> = Vec::new();
+        let mut in_group: HashMap<String, (Hash, Receipt)> = HashMap::new();
+        let mut completed_tiles: Vec<CompletedTile> = Vec::new();
+        let mut sign_now = false;
+        let mut latest_now = i64::MIN;
+
+        let mut state = shared.state.write();
+        let mut tiles = shared.tiles.write();
+        let head_before = *shared.head.read();
+        let mut head = head_before;
+        let mut block_first = head.seq + 1;
+        let mut block_count: u32 = 0;
+        start_block(&mut self.block);
+
+        for req in &requests {
+            if let Some(now) = req.sign_now {
+                sign_now = true;
+                latest_now = latest_now.max(now);
+            }
+            let mut out = Vec::with_capacity(req.items.len());
+            for (sub, ctx) in &req.items {
+                latest_now = latest_now.max(ctx.now);
+                if !validate_command_id(&sub.command_id) {
+                    out.push(Ok(Outcome::Rejected(Rejection::Invalid(
+                        "command_id must be 1-128 printable ASCII characters without spaces".into(),
+                    ))));
+                    continue;
+                }
+                let digest = submission_digest(sub, ctx);
+                if let Some((d, receipt)) = in_group.get(&sub.command_id) {
+                    out.push(Ok(if *d == digest {
+                        Outcome::Duplicate(receipt.clone())
+                    } else {
+                        Outcome::Rejected(Rejection::DuplicateConflict { command_id: sub.command_id.clone() })
+                    }));
+                    continue;
+                }
+                match shared.store.command(&sub.command_id) {
+                    Err(e) => {
+                        out.push(Err(SubmitError::Storage(e.to_string())));
+                        continue;
+                    }
+                    Ok(Some(entry)) => {
+                        out.push(if entry.digest != digest {
+                            Ok(Outcome::Rejected(Rejection::DuplicateConflict { command_id: sub.command_id.clone() }))
+                        } else {
+                            stored_receipt(&shared.store, &sub.command_id, &entry)
+                                .map(Outcome::Duplicate)
+                                .map_err(|e| SubmitError::Storage(e.to_string()))
+                        });
+                        continue;
+                    }
+                    Ok(None) => {}
+                }
+                let stream = command_stream(&sub.command);
+                if let Some(expected) = sub.expected_version {
+                    let actual = state.stream_version(&stream);
+                    if actual != expected {
+                        out.push(Ok(Outcome::Rejected(Rejection::VersionConflict {
+                            stream: stream.name(),
+                            expected,
+                            actual,
+                        })));
+                        continue;
+                    }
+                }
+                let events = match decide(&state, &sub.command, ctx) {
+                    Ok(events) => events,
+                    Err(rejection) => {
+                        out.push(Ok(Outcome::Rejected(rejection)));
+                        continue;
+                    }
+                };
+                let recorded_at = ctx.now.max(state.last_recorded_at);
+                let first_seq = head.seq + 1;
+                let mut last_stream = String::new();
+                let mut last_version = 0;
+                for event in events {
+                    let seq = head.seq + 1;
+                    let stream_version = state.next_version(&event);
+                    let record = EventRecord {
+                        seq,
+                        recorded_at,
+                        command_id: sub.command_id.clone(),
+                        actor: ctx.actor.clone(),
+                        stream_version,
+                        event,
+                    };
+                    let body_start = self.block.len() + 4;
+                    // Frame in place: length, body, then the hash once known.
+                    self.block.extend_from_slice(&[0; 4]);
+                    encode_record_into(&record, &mut self.block);
+                    let body_len = self.block.len() - body_start;
+                    let body = &self.block[body_start..];
+                    let hash = chain_hash(&head.hash, body);
+                    tiles.push_leaf(leaf_hash(body), &mut completed_tiles);
+                    let len = u32::try_from(body_len).unwrap_or(u32::MAX).to_le_bytes();
+                    self.block[body_start - 4..body_start].copy_from_slice(&len);
+                    self.block.extend_from_slice(&hash);
+                    block_count += 1;
+                    head = Head { seq, hash };
+                    apply(&mut state, &record);
+                    last_stream = StreamRef::of_event(&record.event).name();
+                    last_version = stream_version;
+                    committed.push(CommittedEvent { seq, hash, record });
+                    if self.block.len() >= MAX_BLOCK_BYTES {
+                        finish_block(&mut self.block, block_count);
+                        batch.blocks.push((block_first, std::mem::take(&mut self.block)));
+                        self.block = Vec::with_capacity(MAX_BLOCK_BYTES + 4096);
+                        start_block(&mut self.block);
+                        block_first = seq + 1;
+                        block_count = 0;
+                    }
+                }
+                let receipt = Receipt {
+                    command_id: sub.command_id.clone(),
+                    first_seq,
+                    seq: head.seq,
+                    leaf_index: head.seq - 1,
+                    hash: head.hash,
+                    stream: last_stream,
+                    stream_version: last_version,
+                };
+                batch.commands.push((sub.command_id.clone(), CommandEntry { digest, first_seq, last_seq: head.seq }));
+                in_group.insert(sub.command_id.clone(), (digest, receipt.clone()));
+                out.push(Ok(Outcome::Accepted(receipt)));
+            }
+            outcomes.push(out);
+        }
+        if block_count > 0 {
+            finish_block(&mut self.block, block_count);
+            batch.blocks.push((block_first, std::mem::take(&mut self.block)));
+            self.block = Vec::with_capacity(MAX_BLOCK_BYTES + 4096);
+        }
+        for t in completed_tiles {
+            batch.tiles.push((t.level, t.index, t.bytes));
+        }
+        let appended = head.seq - head_before.seq;
+        if appended > 0 {
+            batch.meta.push((META_VERIFIED, encode_seq_hash(head.seq, &head.hash)));
+            self.events_since_snapshot += appended;
+            if self.events_since_snapshot >= shared.options.snapshot_every {
+                batch.snapshot = Some(snapshot_bytes(&state));
+                self.events_since_snapshot = 0;
+            }
+        }
+        // A checkpoint for the new head, signed in the same atomic batch.
+        let mut new_checkpoint = None;
+        if let Some(signer) = &shared.options.signer {
+            let last_size = shared.checkpoint.read().as_ref().map_or(0, |c| c.0);
+            let due = self.last_checkpoint_at.is_none_or(|t| latest_now - t >= shared.options.checkpoint_interval_ms);
+            if head.seq > last_size && (sign_now || due) {
+                let nodes = LedgerNodes { shared };
+                drop(tiles);
+                match merkle::root(&nodes, head.seq) {
+                    Ok(root) => {
+                        let cp = Checkpoint {
+                            origin: shared.options.origin.clone(),
+                            size: head.seq,
+                            root,
+                            extensions: vec![],
+                        };
+                        match sign_checkpoint(&cp, signer) {
+                            Ok(note) => {
+                                batch.checkpoints.push((head.seq, note.clone()));
+                                new_checkpoint = Some((head.seq, note));
+                            }
+                            Err(e) => tracing::error!("signing checkpoint: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::error!("computing Merkle root for checkpoint: {e}"),
+                }
+            } else {
+                drop(tiles);
+            }
+        } else {
+            drop(tiles);
+        }
+        let nothing_to_write = batch.blocks.is_empty() && batch.checkpoints.is_empty();
+        let result = if nothing_to_write { Ok(()) } else { shared.store.commit(batch) };
+        match result {
+            Ok(()) => {
+                *shared.head.write() = head;
+                if let Some(cp) = new_checkpoint {
+                    self.last_checkpoint_at = Some(latest_now);
+                    *shared.checkpoint.write() = Some(cp);
+                }
+                drop(state);
+                if !committed.is_empty() {
+                    let _ = shared.tail.send(Arc::new(committed));
+                }
+                for (req, out) in requests.into_iter().zip(outcomes) {
+                    let _ = req.reply.send(out);
+                }
+            }
+            Err(e) => {
+                tracing::error!("group commit failed, nothing acknowledged: {e}");
+                // Reload what is really on disk so the next group decides against the truth.
+                match load(&shared.store) {
+                    Ok(l) => {
+                        *state = l.state;
+                        *shared.tiles.write() = l.tiles;
+                        *shared.head.write() = l.head;
+                    }
+                    Err(e2) => tracing::error!("reloading after failed commit: {e2}"),
+                }
+                drop(state);
+                let msg = e.to_string();
+                for (req, out) in requests.into_iter().zip(outcomes) {
+                    let answers = out
+                        .into_iter()
+                        .map(|o| match o {
+                            Ok(Outcome::Accepted(_)) => Err(SubmitError::Storage(msg.clone())),
+                            other => other,
+                        })
+                        .collect();
+                    let _ = req.reply.send(answers);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The only module that names sled: the ledger's bytes on disk.
+//!
+//! One sled tree, `log`, holds everything the ledger writes, so that a group commit is **one atomic
+//! `apply_batch`** followed by one flush and one fdatasync. Keys (docs/FORMAT.md has the byte layout):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `B` ‖ first seq (u64 BE) | a block: the events of (part of) one group commit, with their chain hashes |
+//! | `C` ‖ command id | idempotency entry: command digest, first and last seq |
+//! | `T` ‖ tile level (u8) ‖ tile index (u64 BE) | a full Merkle tile (511 hashes) |
+//! | `K` ‖ tree size (u64 BE) | a signed checkpoint (signed-note text) |
+//! | `M` ‖ name | metadata (`verified`: the last verified seq and hash) |
+//! | `S` | snapshot of the decision state (a cache: seq ‖ bincode state) |
+//!
+//! Storing each group commit as one block (instead of one key per event) is what makes sled fast enough:
+//! sled's per-key cost, not hashing, bounds ingest. An event is found by seq with one reverse range lookup
+//! (the block with the greatest first seq ≤ seq). Blocks are capped at [`MAX_BLOCK_BYTES`] so that sled pages
+//! stay below its blob threshold (blob files are not fsynced by sled).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::chain::Hash;
+
+/// Largest block written, in bytes. With the 8 MiB segments configured below, sled's blob threshold is
+/// 2 MiB; a leaf page holds at most 17 entries, so 64 KiB blocks keep every page inline in the log.
+pub const MAX_BLOCK_BYTES: usize = 64 * 1024;
+/// Block format version byte.
+pub const BLOCK_FORMAT_V1: u8 = 1;
+
+const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+const TREE: &str = "log";
+
+/// A storage failure. Fail-stop: the ledger refuses writes after one.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error (I/O, corruption, lock held by another process...).
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Stored bytes are not in the expected layout.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+/// One event as framed in a block.
+#[derive(Debug, Clone, Copy)]
+pub struct FramedEvent<'a> {
+    /// The exact stored body bytes (leaf of the Merkle tree, input of the chain hash).
+    pub body: &'a [u8],
+    /// The stored chain hash after this event.
+    pub hash: Hash,
+}
+
+/// Appends one framed event to a block under construction (`[u32 LE len][body][hash]`).
+pub fn frame_event(block: &mut Vec<u8>, body: &[u8], hash: &Hash) {
+    // Bodies are bounded by codec::MAX_BODY_LEN, far below u32::MAX.
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    block.extend_from_slice(&len.to_le_bytes());
+    block.extend_from_slice(body);
+    block.extend_from_slice(hash);
+}
+
+/// Starts a block: version byte and a count placeholder (fixed by [`finish_block`]).
+pub fn start_block(block: &mut Vec<u8>) {
+    block.clear();
+    block.push(BLOCK_FORMAT_V1);
+    block.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// Writes the event count into a block started with [`start_block`].
+pub fn finish_block(block: &mut [u8], count: u32) {
+    if let Some(slot) = block.get_mut(1..5) {
+        slot.copy_from_slice(&count.to_le_bytes());
+    }
+}
+
+/// Splits a block into its events. Total: any bytes give events or a description of what is wrong.
+pub fn parse_block(block: &[u8]) -> Result<Vec<FramedEvent<'_>>, String> {
+    let (&version, rest) = block.split_first().ok_or("empty block")?;
+    if version != BLOCK_FORMAT_V1 {
+        return Err(format!("unknown block format {version}"));
+    }
+    let count_bytes: [u8; 4] = rest.get(..4).and_then(|b| b.try_into().ok()).ok_or("block shorter than its header")?;
+    let count = u32::from_le_bytes(count_bytes) as usize;
+    let mut rest = &rest[4..];
+    // Each event takes at least 4 + 32 bytes, so a forged count cannot make us allocate much.
+    if count > rest.len() / 36 + 1 {
+        return Err(format!("block claims {count} events but has {} bytes", rest.len()));
+    }
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let len_bytes: [u8; 4] = rest
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("event {i} of {count}: truncated length"))?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let body = rest.get(4..4 + len).ok_or_else(|| format!("event {i} of {count}: truncated body"))?;
+        let hash: Hash = rest
+            .get(4 + len..4 + len + 32)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("event {i} of {count}: truncated hash"))?;
+        out.push(FramedEvent { body, hash });
+        rest = &rest[4 + len + 32..];
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes after {count} events", rest.len()));
+    }
+    Ok(out)
+}
+
+/// An idempotency entry: which events a command id produced, and a digest of the command to spot reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandEntry {
+    /// SHA-256 of the submission (command, expected version, actor).
+    pub digest: Hash,
+    /// First event's seq.
+    pub first_seq: u64,
+    /// Last event's seq.
+    pub last_seq: u64,
+}
+
+impl CommandEntry {
+    fn to_bytes(self) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        b[..32].copy_from_slice(&self.digest);
+        b[32..40].copy_from_slice(&self.first_seq.to_be_bytes());
+        b[40..48].copy_from_slice(&self.last_seq.to_be_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<CommandEntry> {
+        if b.len() != 48 {
+            return None;
+        }
+        Some(CommandEntry {
+            digest: b[..32].try_into().ok()?,
+            first_seq: u64::from_be_bytes(b[32..40].try_into().ok()?),
+            last_seq: u64::from_be_bytes(b[40..48].try_into().ok()?),
+        })
+    }
+}
+
+/// Everything one group commit writes, applied atomically.
+#[derive(Debug, Default)]
+pub struct CommitBatch {
+    /// `(first seq, block bytes)`.
+    pub blocks: Vec<(u64, Vec<u8>)>,
+    /// `(command id, entry)`.
+    pub commands: Vec<(String, CommandEntry)>,
+    /// `(tile level, tile index, 511 hashes)`.
+    pub tiles: Vec<(u8, u64, Vec<u8>)>,
+    /// `(tree size, signed note)`.
+    pub checkpoints: Vec<(u64, String)>,
+    /// `(name, value)`.
+    pub meta: Vec<(&'static str, Vec<u8>)>,
+    /// A new decision-state snapshot.
+    pub snapshot: Option<Vec<u8>>,
+}
+
+fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn block_key(seq: u64) -> [u8; 9] {
+    let mut k = [b'B'; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn tile_key(level: u8, index: u64) -> [u8; 10] {
+    let mut k = [b'T'; 10];
+    k[1] = level;
+    k[2..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The ledger's sled database.
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// sled's data file, fdatasynced after every flush: sled's own flush ends in `sync_file_range`, which
+    /// neither flushes the disk's write cache nor persists the file size (DEPENDENCIES.md).
+    data_file: File,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+/// A block as read back: its first seq and bytes.
+pub type RawBlock = (u64, sled::IVec);
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`. Fails if another process holds it.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let io = |op, source| StoreError::Io { op, path: dir.to_path_buf(), source };
+        std::fs::create_dir_all(dir).map_err(|e| io("create data directory", e))?;
+        set_private_dir(dir).map_err(|e| io("restrict data directory permissions", e))?;
+        let db = sled::Config::new().path(dir).segment_size(SEGMENT_SIZE).open()?;
+        let tree = db.open_tree(TREE)?;
+        let data_path = dir.join("db");
+        let data_file = File::open(&data_path).map_err(|source| StoreError::Io {
+            op: "open sled data file",
+            path: data_path.clone(),
+            source,
+        })?;
+        // Make the data file's directory entry durable once.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(Store { db, tree, data_file, dir: dir.to_path_buf() })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Applies a batch atomically and makes it durable: sled flush, then fdatasync of the data file.
+    pub fn commit(&self, batch: CommitBatch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (seq, bytes) in batch.blocks {
+            b.insert(&block_key(seq), bytes);
+        }
+        for (id, entry) in batch.commands {
+            b.insert(key(b'C', id.as_bytes()), &entry.to_bytes()[..]);
+        }
+        for (level, index, bytes) in batch.tiles {
+            b.insert(&tile_key(level, index), bytes);
+        }
+        for (size, note) in batch.checkpoints {
+            b.insert(key(b'K', &size.to_be_bytes()), note.as_bytes());
+        }
+        for (name, value) in batch.meta {
+            b.insert(key(b'M', name.as_bytes()), value);
+        }
+        if let Some(s) = batch.snapshot {
+            b.insert(&b"S"[..], s);
+        }
+        self.tree.apply_batch(b)?;
+        self.sync()
+    }
+
+    /// Flushes sled and fdatasyncs its data file.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.data_file.sync_data().map_err(|source| StoreError::Io {
+            op: "fdatasync",
+            path: self.dir.join("db"),
+            source,
+        })
+    }
+
+    /// The idempotency entry of a command id.
+    pub fn command(&self, id: &str) -> Result<Option<CommandEntry>, StoreError> {
+        match self.tree.get(key(b'C', id.as_bytes()))? {
+            None => Ok(None),
+            Some(v) => CommandEntry::from_bytes(&v)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("idempotency entry of {id:?} is {} bytes", v.len()))),
+        }
+    }
+
+    /// The block containing `seq` (greatest first seq ≤ seq).
+    pub fn block_containing(&self, seq: u64) -> Result<Option<RawBlock>, StoreError> {
+        let hi = block_key(seq);
+        match self.tree.range(&block_key(0)[..]..=&hi[..]).next_back() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r?;
+                Ok(Some((parse_block_key(&k)?, v)))
+            }
+        }
+    }
+
+    /// Blocks in seq order whose first seq ≥ `from` (use [`Store::block_containing`] for the one before).
+    pub fn blocks_from(&self, from: u64) -> impl Iterator<Item = Result<RawBlock, StoreError>> + use<> {
+        self.tree.range(&block_key(from)[..]..=&block_key(u64::MAX)[..]).map(|r| {
+            let (k, v) = r?;
+            Ok((parse_block_key(&k)?, v))
+        })
+    }
+
+    /// The last block.
+    pub fn last_block(&self) -> Result<Option<RawBlock>, StoreError> {
+        self.block_containing(u64::MAX)
+    }
+
+    /// A full Merkle tile.
+    pub fn tile(&self, level: u8, index: u64) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(tile_key(level, index))?)
+    }
+
+    /// All stored full tiles in key order: `(level, index, bytes)`.
+    pub fn tiles(&self) -> impl Iterator<Item = Result<(u8, u64, sled::IVec), StoreError>> + use<> {
+        self.tree.scan_prefix([b'T']).map(|r| {
+            let (k, v) = r?;
+            if k.len() != 10 {
+                return Err(StoreError::Corrupt("tile key of wrong length".into()));
+            }
+            let index = u64::from_be_bytes(k[2..10].try_into().map_err(|_| StoreError::Corrupt("tile key".into()))?);
+            Ok((k[1], index, v))
+        })
+    }
+
+    /// A metadata value.
+    pub fn meta(&self, name: &str) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(key(b'M', name.as_bytes()))?)
+    }
+
+    /// The decision-state snapshot.
+    pub fn snapshot(&self) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(b"S")?)
+    }
+
+    /// The stored checkpoint with the greatest tree size ≤ `size`.
+    pub fn checkpoint_at_or_before(&self, size: u64) -> Result<Option<(u64, String)>, StoreError> {
+        let lo = key(b'K', &0u64.to_be_bytes());
+        let hi = key(b'K', &size.to_be_bytes());
+        match self.tree.range(lo..=hi).next_back() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r?;
+                let size = k
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("checkpoint key".into()))?;
+                let text =
+                    String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
+                Ok(Some((size, text)))
+            }
+        }
+    }
+
+    /// Bytes the data directory takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Opens another sled tree in the same database (for projections, which keep their state beside the log).
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Drops a tree opened with [`Store::open_tree`].
+    pub fn drop_tree(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.db.drop_tree(name)?)
+    }
+
+    /// Test and forensics support: overwrite or delete raw entries of the log tree (used only by tamper tests
+    /// and the `testing` feature; the ledger never calls it).
+    #[doc(hidden)]
+    pub fn raw_tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+fn parse_block_key(k: &[u8]) -> Result<u64, StoreError> {
+    k.get(1..9)
+        .filter(|_| k.len() == 9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("block key of {} bytes", k.len())))
+}
+
+/// Encodes a `(seq, hash)` pair for metadata.
+pub fn encode_seq_hash(seq: u64, hash: &Hash) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(hash);
+    v
+}
+
+/// Decodes a `(seq, hash)` pair written by [`encode_seq_hash`].
+pub fn decode_seq_hash(v: &[u8]) -> Option<(u64, Hash)> {
+    if v.len() != 40 {
+        return None;
+    }
+    Some((u64::from_be_bytes(v[..8].try_into().ok()?), v[8..].try_into().ok()?))
+}
+
+#[cfg(unix)]
+fn set_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(not(unix))]
+fn set_private_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
