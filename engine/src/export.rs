@@ -251,3 +251,84 @@ fn read_trailer_sizes(path: &Path, opts: &VerifyOptions) -> Result<Vec<u64>, Exp
     sizes.extend(opts.since.as_deref().and_then(checkpoint_size));
     Ok(sizes)
 }
+
+/// Imports an export into an empty data directory, writing blocks, Merkle tiles, idempotency entries and the
+/// state exactly as the ledger would. The caller verifies the file first (`hwledger import` does). Imported
+/// idempotency entries carry an all-zero digest: the original command bodies are not in the log, so a retry of
+/// an imported command id gets its original receipt whatever its body.
+pub fn import(path: &Path, dir: &Path) -> Result<u64, ExportError> {
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(ExportError::Format(format!(
+            "{} is not empty; import only into a new data directory",
+            dir.display()
+        )));
+    }
+    let store = Store::open(dir)?;
+    let mut state = crate::state::State::default();
+    let mut tiles = crate::tiles::TileBuilder::new();
+    let mut done = Vec::new();
+    let mut batch = crate::store::CommitBatch::default();
+    let mut block = Vec::new();
+    crate::store::start_block(&mut block);
+    let mut block_first = 1u64;
+    let mut count = 0u32;
+    let mut last = (0u64, crate::chain::GENESIS);
+    let mut commands: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    let mut failure = None;
+    let flush = |batch: &mut crate::store::CommitBatch| -> Result<(), ExportError> {
+        store.commit(std::mem::take(batch))?;
+        Ok(())
+    };
+    let result = read_export(path, |seq, body, hash| {
+        if failure.is_some() {
+            return;
+        }
+        match crate::codec::decode_record(body) {
+            Ok(record) => {
+                crate::state::apply(&mut state, &record);
+                let e = commands.entry(record.command_id.clone()).or_insert((seq, seq));
+                e.1 = seq;
+            }
+            Err(e) => failure = Some(ExportError::Format(format!("event {seq}: {e}"))),
+        }
+        tiles.push_leaf(crate::merkle::leaf_hash(body), &mut done);
+        crate::store::frame_event(&mut block, body, hash);
+        count += 1;
+        last = (seq, *hash);
+        if block.len() >= crate::store::MAX_BLOCK_BYTES {
+            crate::store::finish_block(&mut block, count);
+            batch.blocks.push((block_first, std::mem::take(&mut block)));
+            crate::store::start_block(&mut block);
+            block_first = seq + 1;
+            count = 0;
+        }
+        for t in done.drain(..) {
+            batch.tiles.push((t.level, t.index, t.bytes));
+        }
+        if batch.blocks.len() >= 64 {
+            if let Err(e) = flush(&mut batch) {
+                failure = Some(e);
+            }
+        }
+    });
+    let (n, trailer) = result?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if count > 0 {
+        crate::store::finish_block(&mut block, count);
+        batch.blocks.push((block_first, block));
+    }
+    for (id, (first_seq, last_seq)) in commands {
+        batch.commands.push((id, crate::store::CommandEntry { digest: [0; 32], first_seq, last_seq }));
+    }
+    if let Some(cp) = trailer.checkpoint {
+        if let Some(size) = checkpoint_size(&cp) {
+            batch.checkpoints.push((size, cp));
+        }
+    }
+    batch.meta.push(("verified", crate::store::encode_seq_hash(last.0, &last.1)));
+    batch.snapshot = Some(crate::codec::encode_value(&state));
+    flush(&mut batch)?;
+    Ok(n)
+}

@@ -1,0 +1,136 @@
+//! The configuration file and its overrides: file < environment (`HWLEDGER_*`) < flags.
+//!
+//! ```toml
+//! data_dir = "/var/lib/hwledger"      # HWLEDGER_DATA, --data
+//! origin = "hwledger.example/fleet"   # checkpoint origin line
+//! checkpoint_interval_ms = 1000       # bounded checkpoint staleness
+//! listen = "0.0.0.0:8443"             # HWLEDGER_LISTEN
+//! dashboard_listen = "127.0.0.1:8080" # always loopback
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use hwledger_engine::note::Signer;
+use hwledger_engine::{Ledger, LedgerOptions};
+use serde::Deserialize;
+
+use super::Global;
+
+/// Resolved configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Checkpoint origin.
+    pub origin: String,
+    /// Checkpoint staleness bound.
+    pub checkpoint_interval_ms: i64,
+    /// API listen address.
+    pub listen: String,
+    /// Dashboard listen address (loopback only).
+    pub dashboard_listen: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        Config {
+            data_dir: home.join(".local/share/hwledger"),
+            origin: "hwledger".into(),
+            checkpoint_interval_ms: 1_000,
+            listen: "127.0.0.1:8443".into(),
+            dashboard_listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (explicit, or the default location if it exists) and applies overrides.
+    pub fn load(global: &Global) -> anyhow::Result<Config> {
+        let default_path = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/hwledger/config.toml"));
+        let path = global.config.clone().or_else(|| default_path.filter(|p| p.exists()));
+        let mut config = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("read configuration {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parse configuration {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Ok(listen) = std::env::var("HWLEDGER_LISTEN") {
+            config.listen = listen;
+        }
+        if let Some(d) = &global.data {
+            config.data_dir = d.clone();
+        }
+        Ok(config)
+    }
+
+    /// Directory of the log signing key.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    /// Opens the ledger with the log key (created on first use, 0600).
+    pub fn open_ledger(&self) -> anyhow::Result<Ledger> {
+        let signer = load_or_create_log_key(&self.keys_dir(), &self.origin)?;
+        let options = LedgerOptions {
+            signer: Some(signer),
+            origin: self.origin.clone(),
+            checkpoint_interval_ms: self.checkpoint_interval_ms,
+            ..LedgerOptions::default()
+        };
+        Ledger::open(&self.data_dir.join("ledger"), options)
+            .with_context(|| format!("open ledger in {}", self.data_dir.display()))
+    }
+
+    /// The log's verifier key (vkey string), if the log key exists.
+    pub fn vkey(&self) -> anyhow::Result<Option<String>> {
+        let path = self.keys_dir().join("log.vkey");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+}
+
+/// Loads the Ed25519 log key, creating it (and its vkey) on first use.
+pub fn load_or_create_log_key(dir: &Path, origin: &str) -> anyhow::Result<Signer> {
+    let key_path = dir.join("log.key");
+    if key_path.exists() {
+        let text = std::fs::read_to_string(&key_path).with_context(|| format!("read {}", key_path.display()))?;
+        return Signer::from_key_string(text.trim()).with_context(|| format!("parse log key {}", key_path.display()));
+    }
+    create_private_dir(dir)?;
+    let (signer, skey, vkey) = hwledger_engine::note::generate_signer(origin).context("generate log key")?;
+    write_private(&key_path, format!("{skey}\n").as_bytes())?;
+    std::fs::write(dir.join("log.vkey"), format!("{vkey}\n")).context("write log.vkey")?;
+    Ok(signer)
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a secret file with mode 0600 from the start (never world-readable, not even briefly).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("create {}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("write {}", path.display()))
+}

@@ -1,0 +1,80 @@
+//! Subcommands. Each is a thin call into the libraries plus rendering (human or `--json`).
+
+mod bench;
+mod config;
+mod ledger_tools;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use config::Config;
+
+/// The ledger of a small GPU fleet.
+#[derive(Debug, Parser)]
+#[command(name = "hwledger", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (TOML). Default: $HWLEDGER_CONFIG, else ~/.config/hwledger/config.toml if present.
+    #[arg(long, global = true, env = "HWLEDGER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Data directory (overrides the configuration file). Default: ~/.local/share/hwledger.
+    #[arg(long, global = true, env = "HWLEDGER_DATA")]
+    pub data: Option<std::path::PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Debug logging (or set HWLEDGER_LOG=debug).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open the store and serve until Ctrl-C.
+    Serve(serve::ServeArgs),
+    /// Submit commands (JSON: one submission, an array, or one per line) to the local data directory.
+    Submit(ledger_tools::SubmitArgs),
+    /// List events.
+    Log(ledger_tools::LogArgs),
+    /// Verify a data directory or an export/bundle offline (exit 0 intact, 1 broken, 2 error).
+    Verify(ledger_tools::VerifyArgs),
+    /// Replay the whole log through the engine state.
+    Replay(ledger_tools::ReplayArgs),
+    /// Write a portable export (a bundle: events, latest signed checkpoint, verifier key).
+    Export(ledger_tools::ExportArgs),
+    /// Import an export into an empty data directory (verifies first).
+    Import(ledger_tools::ImportArgs),
+    /// Print the latest signed checkpoint (or sign one now).
+    Checkpoint(ledger_tools::CheckpointArgs),
+    /// Inclusion and consistency proofs.
+    Proof(ledger_tools::ProofArgs),
+    /// Run the standard benchmark workloads.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.global)?;
+    match cli.command {
+        Command::Serve(a) => serve::run(&config, a),
+        Command::Submit(a) => ledger_tools::submit(&config, &cli.global, a),
+        Command::Log(a) => ledger_tools::log(&config, &cli.global, a),
+        Command::Verify(a) => ledger_tools::verify(&config, &cli.global, a),
+        Command::Replay(a) => ledger_tools::replay(&config, &cli.global, a),
+        Command::Export(a) => ledger_tools::export(&config, &cli.global, a),
+        Command::Import(a) => ledger_tools::import(&config, &cli.global, a),
+        Command::Checkpoint(a) => ledger_tools::checkpoint(&config, &cli.global, a),
+        Command::Proof(a) => ledger_tools::proof(&config, &cli.global, a),
+        Command::Bench(a) => bench::run(&cli.global, a),
+    }
+}
