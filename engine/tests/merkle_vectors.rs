@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hwledger_engine::merkle::{
-    Frontier, Hash, MemoryTree, NodeSource, ProofGenError, consistency_proof,
-    consistency_proof_len, empty_root, inclusion_proof, inclusion_proof_len, leaf_hash, node_hash,
-    peak_positions, range_hash, root, verify_consistency, verify_inclusion,
+    Frontier, Hash, MemoryTree, NodeSource, ProofGenError, consistency_proof, consistency_proof_len, empty_root,
+    inclusion_proof, inclusion_proof_len, leaf_hash, node_hash, peak_positions, range_hash, root, verify_consistency,
+    verify_inclusion,
 };
 use proptest::prelude::*;
 use serde::Deserialize;
@@ -69,9 +69,7 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn decode(b64: &str) -> Vec<u8> {
-    BASE64
-        .decode(b64)
-        .unwrap_or_else(|e| panic!("bad base64 {b64:?} in vector: {e}"))
+    BASE64.decode(b64).unwrap_or_else(|e| panic!("bad base64 {b64:?} in vector: {e}"))
 }
 
 /// A leaf hash or proof hash of a vector, or `None` when it is not 32 bytes long. Such a value cannot be given
@@ -107,16 +105,9 @@ fn vector_proof(proof: &Option<Vec<String>>) -> Option<Vec<Hash>> {
 fn reference() -> (Vec<Vec<u8>>, Vec<Hash>) {
     let text = std::fs::read_to_string(format!("{FIXTURES}/reference-tree.json")).unwrap();
     let r: ReferenceTree = serde_json::from_str(&text).unwrap();
-    let leaves = r
-        .leaf_inputs_hex
-        .iter()
-        .map(|h| hex::decode(h).unwrap())
-        .collect();
-    let roots = r
-        .root_by_tree_size_hex
-        .iter()
-        .map(|h| <Hash>::try_from(hex::decode(h).unwrap().as_slice()).unwrap())
-        .collect();
+    let leaves = r.leaf_inputs_hex.iter().map(|h| hex::decode(h).unwrap()).collect();
+    let roots =
+        r.root_by_tree_size_hex.iter().map(|h| <Hash>::try_from(hex::decode(h).unwrap().as_slice()).unwrap()).collect();
     (leaves, roots)
 }
 
@@ -130,29 +121,16 @@ fn inclusion_vectors() {
         let case: InclusionCase = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let name = format!("{} ({})", path.display(), case.desc);
-        let (Some(proof), Some(leaf)) = (vector_proof(&case.proof), exact_hash(&case.leaf_hash))
-        else {
-            assert!(
-                case.want_err,
-                "{name}: a valid case has a hash that is not 32 bytes"
-            );
+        let (Some(proof), Some(leaf)) = (vector_proof(&case.proof), exact_hash(&case.leaf_hash)) else {
+            assert!(case.want_err, "{name}: a valid case has a hash that is not 32 bytes");
             boundary += 1;
             rejected += 1;
             continue;
         };
-        let result = verify_inclusion(
-            &leaf,
-            case.leaf_idx,
-            case.tree_size,
-            &proof,
-            &vector_root(&case.root),
-        );
+        let result = verify_inclusion(&leaf, case.leaf_idx, case.tree_size, &proof, &vector_root(&case.root));
         if case.want_err {
             let err = result.expect_err(&name);
-            assert!(
-                !err.code().is_empty() && !err.to_string().is_empty(),
-                "{name}"
-            );
+            assert!(!err.code().is_empty() && !err.to_string().is_empty(), "{name}");
             rejected += 1;
         } else {
             result.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -160,16 +138,8 @@ fn inclusion_vectors() {
             // The reference leaves are the vectors' tree: our generator must produce the very same proof.
             if case.tree_size <= 8 && case.desc == "happy path" {
                 let tree = MemoryTree::from_leaf_data(&leaves[..case.tree_size as usize]);
-                assert_eq!(
-                    inclusion_proof(&tree, case.leaf_idx, case.tree_size).unwrap(),
-                    proof,
-                    "{name}"
-                );
-                assert_eq!(
-                    inclusion_proof(&full, case.leaf_idx, case.tree_size).unwrap(),
-                    proof,
-                    "{name}"
-                );
+                assert_eq!(inclusion_proof(&tree, case.leaf_idx, case.tree_size).unwrap(), proof, "{name}");
+                assert_eq!(inclusion_proof(&full, case.leaf_idx, case.tree_size).unwrap(), proof, "{name}");
                 assert_eq!(leaf, leaf_hash(&leaves[case.leaf_idx as usize]), "{name}");
                 generated += 1;
             }
@@ -191,10 +161,7 @@ fn consistency_vectors() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let name = format!("{} ({})", path.display(), case.desc);
         let Some(proof) = vector_proof(&case.proof) else {
-            assert!(
-                case.want_err,
-                "{name}: a valid case has a hash that is not 32 bytes"
-            );
+            assert!(case.want_err, "{name}: a valid case has a hash that is not 32 bytes");
             boundary += 1;
             rejected += 1;
             continue;
@@ -203,20 +170,13 @@ fn consistency_vectors() {
         let result = verify_consistency(case.size1, case.size2, &proof, &root1, &root2);
         if case.want_err {
             let err = result.expect_err(&name);
-            assert!(
-                !err.code().is_empty() && !err.to_string().is_empty(),
-                "{name}"
-            );
+            assert!(!err.code().is_empty() && !err.to_string().is_empty(), "{name}");
             rejected += 1;
         } else {
             result.unwrap_or_else(|e| panic!("{name}: {e}"));
             accepted += 1;
             if case.size2 <= 8 && case.desc == "happy path" {
-                assert_eq!(
-                    consistency_proof(&full, case.size1, case.size2).unwrap(),
-                    proof,
-                    "{name}"
-                );
+                assert_eq!(consistency_proof(&full, case.size1, case.size2).unwrap(), proof, "{name}");
                 generated += 1;
             }
         }
@@ -238,21 +198,9 @@ fn reference_tree_roots() {
         let size_u64 = size as u64;
         let tree = MemoryTree::from_leaf_data(&leaves[..size]);
         assert_eq!(tree.root(), *want, "MemoryTree root at size {size}");
-        assert_eq!(
-            tree.root_from_leaves(),
-            *want,
-            "recursive root at size {size}"
-        );
-        assert_eq!(
-            root(&full, size_u64).unwrap(),
-            *want,
-            "root() from the 8-leaf tree at size {size}"
-        );
-        assert_eq!(
-            range_hash(&full, 0, size_u64).unwrap(),
-            *want,
-            "range_hash at size {size}"
-        );
+        assert_eq!(tree.root_from_leaves(), *want, "recursive root at size {size}");
+        assert_eq!(root(&full, size_u64).unwrap(), *want, "root() from the 8-leaf tree at size {size}");
+        assert_eq!(range_hash(&full, 0, size_u64).unwrap(), *want, "range_hash at size {size}");
         assert_eq!(frontier.root(), *want, "Frontier root at size {size}");
         if let Some(leaf) = leaves.get(size) {
             frontier.append(leaf_hash(leaf)).unwrap();
@@ -270,11 +218,7 @@ struct Bounded<'a> {
 
 impl<'a> Bounded<'a> {
     fn new(tree: &'a MemoryTree, size: u64) -> Self {
-        Self {
-            tree,
-            size,
-            fetches: Cell::new(0),
-        }
+        Self { tree, size, fetches: Cell::new(0) }
     }
 }
 
@@ -291,23 +235,12 @@ impl NodeSource for Bounded<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, OutOfTree> {
         self.fetches.set(self.fetches.get() + 1);
         let width = 1u64.checked_shl(u32::from(level));
-        let end = index
-            .checked_add(1)
-            .zip(width)
-            .and_then(|(k, w)| k.checked_mul(w));
+        let end = index.checked_add(1).zip(width).and_then(|(k, w)| k.checked_mul(w));
         let within = end.is_some_and(|end| end <= self.size);
         if !within {
-            return Err(OutOfTree {
-                level,
-                index,
-                size: self.size,
-            });
+            return Err(OutOfTree { level, index, size: self.size });
         }
-        self.tree.node(level, index).map_err(|_| OutOfTree {
-            level,
-            index,
-            size: self.size,
-        })
+        self.tree.node(level, index).map_err(|_| OutOfTree { level, index, size: self.size })
     }
 }
 
@@ -329,15 +262,10 @@ fn check_all_proofs_for_size(big: &MemoryTree, size: u64) {
     for index in 0..size {
         src.fetches.set(0);
         let proof = inclusion_proof(&src, index, size).unwrap();
-        assert!(
-            src.fetches.get() <= fetch_bound(size),
-            "{} fetches for ({index}, {size})",
-            src.fetches.get()
-        );
+        assert!(src.fetches.get() <= fetch_bound(size), "{} fetches for ({index}, {size})", src.fetches.get());
         assert_eq!(Some(proof.len()), inclusion_proof_len(index, size));
         let leaf = big.node(0, index).unwrap();
-        verify_inclusion(&leaf, index, size, &proof, &head)
-            .unwrap_or_else(|e| panic!("({index}, {size}): {e}"));
+        verify_inclusion(&leaf, index, size, &proof, &head).unwrap_or_else(|e| panic!("({index}, {size}): {e}"));
         // The same proof must not pass for the neighbouring index. (A neighbouring *size* can legitimately
         // share the proof shape: the root, not the size, is what binds the tree.)
         if index + 1 < size {
@@ -347,20 +275,12 @@ fn check_all_proofs_for_size(big: &MemoryTree, size: u64) {
     for size1 in 1..=size {
         src.fetches.set(0);
         let proof = consistency_proof(&src, size1, size).unwrap();
-        assert!(
-            src.fetches.get() <= fetch_bound(size) + 1,
-            "{} fetches for ({size1}, {size})",
-            src.fetches.get()
-        );
+        assert!(src.fetches.get() <= fetch_bound(size) + 1, "{} fetches for ({size1}, {size})", src.fetches.get());
         assert_eq!(Some(proof.len()), consistency_proof_len(size1, size));
         let old = root(&Bounded::new(big, size1), size1).unwrap();
-        verify_consistency(size1, size, &proof, &old, &head)
-            .unwrap_or_else(|e| panic!("({size1}, {size}): {e}"));
+        verify_consistency(size1, size, &proof, &old, &head).unwrap_or_else(|e| panic!("({size1}, {size}): {e}"));
         if size1 < size {
-            assert!(
-                verify_consistency(size1, size, &proof, &head, &old).is_err(),
-                "swapped roots"
-            );
+            assert!(verify_consistency(size1, size, &proof, &head, &old).is_err(), "swapped roots");
         }
     }
 }
@@ -391,30 +311,12 @@ fn all_proofs_verify_for_every_small_tree() {
 #[test]
 fn proof_generation_refuses_impossible_requests() {
     let tree = leaves(10, 2);
-    assert!(matches!(
-        inclusion_proof(&tree, 10, 10),
-        Err(ProofGenError::IndexOutOfRange {
-            index: 10,
-            size: 10
-        })
-    ));
-    assert!(matches!(
-        inclusion_proof(&tree, 0, 0),
-        Err(ProofGenError::IndexOutOfRange { .. })
-    ));
-    assert!(matches!(
-        consistency_proof(&tree, 5, 4),
-        Err(ProofGenError::SizeOrder { size1: 5, size2: 4 })
-    ));
-    assert!(matches!(
-        consistency_proof(&tree, 0, 4),
-        Err(ProofGenError::EmptyOldTree { size2: 4 })
-    ));
+    assert!(matches!(inclusion_proof(&tree, 10, 10), Err(ProofGenError::IndexOutOfRange { index: 10, size: 10 })));
+    assert!(matches!(inclusion_proof(&tree, 0, 0), Err(ProofGenError::IndexOutOfRange { .. })));
+    assert!(matches!(consistency_proof(&tree, 5, 4), Err(ProofGenError::SizeOrder { size1: 5, size2: 4 })));
+    assert!(matches!(consistency_proof(&tree, 0, 4), Err(ProofGenError::EmptyOldTree { size2: 4 })));
     assert_eq!(consistency_proof(&tree, 4, 4).unwrap(), Vec::<Hash>::new());
-    assert!(matches!(
-        range_hash(&tree, 5, 4),
-        Err(ProofGenError::InvalidRange { begin: 5, end: 4 })
-    ));
+    assert!(matches!(range_hash(&tree, 5, 4), Err(ProofGenError::InvalidRange { begin: 5, end: 4 })));
     assert_eq!(range_hash(&tree, 4, 4).unwrap(), empty_root());
     // Asking beyond what the source holds surfaces the source's error.
     let err = inclusion_proof(&tree, 3, 11).unwrap_err();
@@ -429,63 +331,24 @@ fn verification_rejects_malformed_requests_with_typed_errors() {
     let leaf = tree.node(0, 2).unwrap();
     let proof = inclusion_proof(&tree, 2, 8).unwrap();
     let code = |r: Result<(), hwledger_engine::merkle::ProofError>| r.unwrap_err().code();
-    assert_eq!(
-        code(verify_inclusion(&leaf, 8, 8, &proof, &head)),
-        "index_out_of_range"
-    );
-    assert_eq!(
-        code(verify_inclusion(&leaf, 0, 0, &[], &empty_root())),
-        "index_out_of_range"
-    );
-    assert_eq!(
-        code(verify_inclusion(&leaf, 2, 8, &proof[..2], &head)),
-        "wrong_proof_length"
-    );
+    assert_eq!(code(verify_inclusion(&leaf, 8, 8, &proof, &head)), "index_out_of_range");
+    assert_eq!(code(verify_inclusion(&leaf, 0, 0, &[], &empty_root())), "index_out_of_range");
+    assert_eq!(code(verify_inclusion(&leaf, 2, 8, &proof[..2], &head)), "wrong_proof_length");
     let mut longer = proof.clone();
     longer.push(head);
-    assert_eq!(
-        code(verify_inclusion(&leaf, 2, 8, &longer, &head)),
-        "wrong_proof_length"
-    );
-    assert_eq!(
-        code(verify_inclusion(&leaf, 2, 8, &proof, &empty_root())),
-        "root_mismatch"
-    );
+    assert_eq!(code(verify_inclusion(&leaf, 2, 8, &longer, &head)), "wrong_proof_length");
+    assert_eq!(code(verify_inclusion(&leaf, 2, 8, &proof, &empty_root())), "root_mismatch");
 
     let old = root(&tree, 3).unwrap();
     let cproof = consistency_proof(&tree, 3, 8).unwrap();
-    assert_eq!(
-        code(verify_consistency(4, 3, &[], &head, &head)),
-        "size_order"
-    );
-    assert_eq!(
-        code(verify_consistency(0, 8, &[], &empty_root(), &head)),
-        "empty_old_tree"
-    );
-    assert_eq!(
-        code(verify_consistency(0, 0, &[], &empty_root(), &empty_root())),
-        "empty_old_tree"
-    );
-    assert_eq!(
-        code(verify_consistency(3, 8, &[], &old, &head)),
-        "wrong_proof_length"
-    );
-    assert_eq!(
-        code(verify_consistency(3, 3, &cproof, &old, &old)),
-        "wrong_proof_length"
-    );
-    assert_eq!(
-        code(verify_consistency(3, 3, &[], &old, &head)),
-        "new_root_mismatch"
-    );
-    assert_eq!(
-        code(verify_consistency(3, 8, &cproof, &head, &head)),
-        "old_root_mismatch"
-    );
-    assert_eq!(
-        code(verify_consistency(3, 8, &cproof, &old, &old)),
-        "new_root_mismatch"
-    );
+    assert_eq!(code(verify_consistency(4, 3, &[], &head, &head)), "size_order");
+    assert_eq!(code(verify_consistency(0, 8, &[], &empty_root(), &head)), "empty_old_tree");
+    assert_eq!(code(verify_consistency(0, 0, &[], &empty_root(), &empty_root())), "empty_old_tree");
+    assert_eq!(code(verify_consistency(3, 8, &[], &old, &head)), "wrong_proof_length");
+    assert_eq!(code(verify_consistency(3, 3, &cproof, &old, &old)), "wrong_proof_length");
+    assert_eq!(code(verify_consistency(3, 3, &[], &old, &head)), "new_root_mismatch");
+    assert_eq!(code(verify_consistency(3, 8, &cproof, &head, &head)), "old_root_mismatch");
+    assert_eq!(code(verify_consistency(3, 8, &cproof, &old, &old)), "new_root_mismatch");
     verify_consistency(3, 3, &[], &old, &old).unwrap();
     verify_consistency(3, 8, &cproof, &old, &head).unwrap();
 }
@@ -524,10 +387,7 @@ fn frontier_emits_exactly_the_new_complete_subtrees() {
             .collect();
         assert_eq!(created, want, "nodes created by leaf {n}");
         for (level, index, hash) in created {
-            assert!(
-                stored.insert((level, index), hash).is_none(),
-                "node ({level}, {index}) emitted twice"
-            );
+            assert!(stored.insert((level, index), hash).is_none(), "node ({level}, {index}) emitted twice");
         }
         assert_eq!(frontier.size(), size);
         assert_eq!(frontier.root(), root(&tree, size).unwrap());
@@ -554,9 +414,7 @@ fn frontier_emits_exactly_the_new_complete_subtrees() {
 #[test]
 fn inclusion_proof_throughput_at_one_million_leaves() {
     if std::env::var_os("HWLEDGER_SLOW_TESTS").is_none() {
-        eprintln!(
-            "skipped: set HWLEDGER_SLOW_TESTS=1 (with --release) to measure proof throughput"
-        );
+        eprintln!("skipped: set HWLEDGER_SLOW_TESTS=1 (with --release) to measure proof throughput");
         return;
     }
     let size = 1u64 << 20;
@@ -574,9 +432,7 @@ fn inclusion_proof_throughput_at_one_million_leaves() {
         verify_inclusion(&leaf_hash(&index.to_le_bytes()), index, size, &proof, &head).unwrap();
     }
     let per_second = proofs as f64 / start.elapsed().as_secs_f64();
-    eprintln!(
-        "{per_second:.0} inclusion proofs generated and verified per second at {size} leaves"
-    );
+    eprintln!("{per_second:.0} inclusion proofs generated and verified per second at {size} leaves");
     assert!(per_second >= 50_000.0, "only {per_second:.0} proofs/s");
 }
 

@@ -11,8 +11,7 @@ use hwledger_engine::note::{
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/signed-note");
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{FIXTURES}/{name}"))
-        .unwrap_or_else(|e| panic!("read {name}: {e}"))
+    std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
 }
 
 fn example_verifier() -> Verifier {
@@ -27,36 +26,21 @@ fn spec_example_opens_with_its_vkey() {
     assert_eq!(verifier.name(), "example.com/foo");
     assert_eq!(verifier.key_id(), 0x530d_903a);
     assert_eq!(key_id(verifier.name(), &verifier.public_key()), 0x530d_903a);
-    assert_eq!(
-        verifier.to_vkey(),
-        fixture("example-foo.vkey").trim_end_matches('\n')
-    );
+    assert_eq!(verifier.to_vkey(), fixture("example-foo.vkey").trim_end_matches('\n'));
 
-    let opened = open_note(
-        &fixture("example-foo.note"),
-        std::slice::from_ref(&verifier),
-    )
-    .unwrap();
+    let opened = open_note(&fixture("example-foo.note"), std::slice::from_ref(&verifier)).unwrap();
     assert_eq!(opened.text, "This is an example message.\n");
     assert_eq!(opened.verified_by, vec!["example.com/foo"]);
     assert_eq!(opened.unknown_signatures, 0);
 
     // Without the key the note is refused; a verifier list with other keys too still opens it.
-    let stranger = Signer::from_seed("example.com/foo", &[1; 32])
-        .unwrap()
-        .verifier();
+    let stranger = Signer::from_seed("example.com/foo", &[1; 32]).unwrap().verifier();
     assert_eq!(
-        open_note(
-            &fixture("example-foo.note"),
-            std::slice::from_ref(&stranger)
-        )
-        .unwrap_err(),
+        open_note(&fixture("example-foo.note"), std::slice::from_ref(&stranger)).unwrap_err(),
         NoteError::NoKnownSignature { unknown: 1 }
     );
     assert_eq!(
-        open_note(&fixture("example-foo.note"), &[stranger, verifier])
-            .unwrap()
-            .verified_by,
+        open_note(&fixture("example-foo.note"), &[stranger, verifier]).unwrap().verified_by,
         vec!["example.com/foo"]
     );
 }
@@ -74,19 +58,13 @@ fn every_single_byte_change_is_refused() {
             let mut tampered = note.clone();
             tampered[pos] ^= mask;
             let result = open_note_bytes(&tampered, &verifier);
-            assert!(
-                result.is_err(),
-                "changing byte {pos} with mask {mask:#04x} was accepted"
-            );
+            assert!(result.is_err(), "changing byte {pos} with mask {mask:#04x} was accepted");
             let printable = tampered[pos] >= 0x20 && note[pos] != b'\n';
             if pos < text_len && printable && std::str::from_utf8(&tampered).is_ok() {
                 // A printable change inside the text must be caught by the signature itself.
                 assert_eq!(
                     result.unwrap_err(),
-                    NoteError::InvalidSignature {
-                        name: "example.com/foo".into(),
-                        key_id: 0x530d_903a
-                    },
+                    NoteError::InvalidSignature { name: "example.com/foo".into(), key_id: 0x530d_903a },
                     "byte {pos} mask {mask:#04x}"
                 );
             }
@@ -96,10 +74,7 @@ fn every_single_byte_change_is_refused() {
     assert_eq!(checked, note.len() * 3);
     // Truncating the note anywhere is refused as well.
     for len in 0..note.len() {
-        assert!(
-            open_note_bytes(&note[..len], &verifier).is_err(),
-            "truncated to {len} bytes"
-        );
+        assert!(open_note_bytes(&note[..len], &verifier).is_err(), "truncated to {len} bytes");
     }
 }
 
@@ -129,15 +104,9 @@ fn signed_notes_round_trip() {
     let text = "cosigned\n";
     let by_log = sign_note(text, &signer).unwrap();
     let by_witness = sign_note(text, &witness).unwrap();
-    let both = format!(
-        "{by_log}{}",
-        by_witness.strip_prefix(&format!("{text}\n")).unwrap()
-    );
+    let both = format!("{by_log}{}", by_witness.strip_prefix(&format!("{text}\n")).unwrap());
     let opened = open_note(&both, &[witness.verifier(), verifier.clone()]).unwrap();
-    assert_eq!(
-        opened.verified_by,
-        vec!["hwledger.test/notes", "hwledger.test/witness"]
-    );
+    assert_eq!(opened.verified_by, vec!["hwledger.test/notes", "hwledger.test/witness"]);
     assert_eq!(open_note(&both, &[verifier]).unwrap().unknown_signatures, 1);
 }
 
@@ -153,30 +122,16 @@ fn checkpoints_sign_open_and_prove_append_only() {
         root: root(&tree, 20).unwrap(),
         extensions: vec![],
     };
-    let new = Checkpoint {
-        size: 37,
-        root: tree.root(),
-        ..old.clone()
-    };
+    let new = Checkpoint { size: 37, root: tree.root(), ..old.clone() };
     let old_note = sign_checkpoint(&old, &signer).unwrap();
     let new_note = sign_checkpoint(&new, &signer).unwrap();
-    assert!(old_note.starts_with(&format!(
-        "{}\n\u{2014} hwledger.test/fleet-log ",
-        old.to_text()
-    )));
+    assert!(old_note.starts_with(&format!("{}\n\u{2014} hwledger.test/fleet-log ", old.to_text())));
 
     let old_open = open_checkpoint(&old_note, &verifier).unwrap();
     let new_open = open_checkpoint(&new_note, &verifier).unwrap();
     assert_eq!((&old_open, &new_open), (&old, &new));
     let proof = consistency_proof(&tree, old_open.size, new_open.size).unwrap();
-    verify_consistency(
-        old_open.size,
-        new_open.size,
-        &proof,
-        &old_open.root,
-        &new_open.root,
-    )
-    .unwrap();
+    verify_consistency(old_open.size, new_open.size, &proof, &old_open.root, &new_open.root).unwrap();
 
     // A checkpoint with a rewritten size fails the signature, and the parser refuses sloppy text.
     let tampered = old_note.replacen("\n20\n", "\n21\n", 1);
@@ -184,8 +139,5 @@ fn checkpoints_sign_open_and_prove_append_only() {
         open_checkpoint(&tampered, &verifier),
         Err(CheckpointError::Note(NoteError::InvalidSignature { .. }))
     ));
-    assert_eq!(
-        Checkpoint::parse("o\n020\nAA==\n").unwrap_err().code(),
-        "checkpoint_invalid_size"
-    );
+    assert_eq!(Checkpoint::parse("o\n020\nAA==\n").unwrap_err().code(), "checkpoint_invalid_size");
 }

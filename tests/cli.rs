@@ -1,0 +1,163 @@
+//! End to end: the real `hwledger` binary on a fresh data directory — submit, log, export, verify (exit codes
+//! 0 / 1 / 2 and the forensic report), import, checkpoint and proofs.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn hw(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hwledger"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("HWLEDGER_CONFIG")
+        .output()
+        .expect("run hwledger")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+const CMDS: &str = concat!(
+    r#"{"command_id":"c1","command":{"type":"enroll_device","device_id":"box-1","kind":"local"}}"#,
+    "\n",
+    r#"{"command_id":"c2","command":{"type":"register_device","device_id":"box-1","gpus":[{"index":0,"name":"RTX 4090","uuid":null,"vram_total_mib":24564}]}}"#,
+    "\n",
+    r#"{"command_id":"c3","command":{"type":"record_telemetry","device_id":"box-1","sampled_at":1,"gpus":[]}}"#,
+    "\n",
+    r#"{"command_id":"c4","command":{"type":"record_telemetry","device_id":"box-1","sampled_at":2,"gpus":[]}}"#,
+    "\n",
+);
+
+fn seeded() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cmds = dir.path().join("cmds.jsonl");
+    std::fs::write(&cmds, CMDS).unwrap();
+    let o = hw(&dir.path().join("data"), &["submit", cmds.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout(&o).lines().filter(|l| l.starts_with("accepted")).count(), 4);
+    dir
+}
+
+#[test]
+fn submit_is_idempotent_and_rejections_exit_1() {
+    let dir = seeded();
+    let data = dir.path().join("data");
+    let cmds = dir.path().join("cmds.jsonl");
+    let o = hw(&data, &["--json", "submit", cmds.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(stdout(&o).lines().all(|l| l.contains(r#""status":"duplicate""#)), "{}", stdout(&o));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"command_id":"c9","command":{"type":"record_telemetry","device_id":"nope","sampled_at":1,"gpus":[]}}"#,
+    )
+    .unwrap();
+    let o = hw(&data, &["--json", "submit", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains(r#""code":"device_unknown""#), "{}", stdout(&o));
+    let unknown_field = dir.path().join("uf.json");
+    std::fs::write(&unknown_field, r#"{"command_id":"c9","bogus":1,"command":{"type":"start_job","job_id":"j"}}"#)
+        .unwrap();
+    let o = hw(&data, &["submit", unknown_field.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field"));
+}
+
+#[test]
+fn log_lists_events_with_filters() {
+    let dir = seeded();
+    let o = hw(&dir.path().join("data"), &["--json", "log", "--type", "telemetry_recorded"]);
+    assert!(o.status.success());
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["seq"], 3);
+}
+
+#[test]
+fn export_verify_import_round_trip_and_tamper_exit_codes() {
+    let dir = seeded();
+    let data = dir.path().join("data");
+    let bundle = dir.path().join("fleet.hwlx");
+    let o = hw(&data, &["export", "--out", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vkey = data.join("keys/log.vkey");
+    let o = hw(&data, &["verify", "--bundle", bundle.to_str().unwrap(), "--vkey", vkey.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("INTACT"));
+
+    // Flip one byte near the end of event 3's body: exit 1, seq 3, payload_altered, with evidence.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let mut off = 13usize;
+    for _ in 0..2 {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        off += 4 + len + 32;
+    }
+    let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+    bytes[off + 4 + len - 1] ^= 0x01;
+    let tampered = dir.path().join("tampered.hwlx");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let o = hw(&data, &["--json", "verify", "--bundle", tampered.to_str().unwrap(), "--vkey", vkey.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let first = &report["breaks"][0];
+    assert_eq!(first["seq"], 3);
+    assert_eq!(first["kind"], "payload_altered");
+    assert!(first["expected"].as_str().unwrap().len() == 64 && first["found"].as_str().unwrap().len() == 64);
+
+    // A truncated file is a framing break (exit 1); a missing file is an I/O error (exit 2).
+    std::fs::write(&tampered, &std::fs::read(&bundle).unwrap()[..40]).unwrap();
+    let o = hw(&data, &["verify", "--bundle", tampered.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = hw(&data, &["verify", "--bundle", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // A signature by another key is refused even though the bundle carries its own key.
+    let other = "other+00000000+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let o = hw(&data, &["verify", "--bundle", bundle.to_str().unwrap(), "--vkey", other]);
+    assert_ne!(o.status.code(), Some(0));
+
+    // Import into a new directory: same head, verifies; a retry of an imported command id is a duplicate.
+    let data2 = dir.path().join("data2");
+    let o = hw(&data2, &["import", bundle.to_str().unwrap(), "--vkey", vkey.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = hw(&data2, &["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let o = hw(&data2, &["--json", "submit", dir.path().join("cmds.jsonl").to_str().unwrap()]);
+    assert!(stdout(&o).lines().all(|l| l.contains("duplicate")), "{}", stdout(&o));
+    // Import refuses a broken export.
+    let mut broken = std::fs::read(&bundle).unwrap();
+    broken[20] ^= 0xff;
+    std::fs::write(&tampered, &broken).unwrap();
+    let o = hw(&dir.path().join("data3"), &["import", tampered.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!dir.path().join("data3/ledger").exists());
+}
+
+#[test]
+fn checkpoint_and_proofs_verify_with_the_printed_values() {
+    let dir = seeded();
+    let data = dir.path().join("data");
+    let o = hw(&data, &["checkpoint"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).starts_with("hwledger\n4\n"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("\u{2014} hwledger "));
+    let o = hw(&data, &["proof", "inclusion", "--seq", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["tree_size"], 4);
+    assert_eq!(v["proof"].as_array().unwrap().len(), 2);
+    let o = hw(&data, &["proof", "consistency", "--from", "3"]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn verify_with_recorded_head_detects_truncation() {
+    let dir = seeded();
+    let data = dir.path().join("data");
+    let o = hw(&data, &["verify", "--head", "9:00000000000000000000000000000000000000000000000000000000000000aa"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("truncated"), "{}", stdout(&o));
+    let o = hw(&data, &["verify", "--head", "garbage"]);
+    assert_eq!(o.status.code(), Some(2));
+}
