@@ -191,6 +191,7 @@ impl Ticket {
 struct Shared {
     store: Store,
     state: RwLock<State>,
+    ids: Mutex<IdIndex>,
     tiles: RwLock<TileBuilder>,
     head: RwLock<Head>,
     /// Set when the chain failed its check at open: the ledger serves reads but refuses writes.
@@ -227,6 +228,7 @@ impl Ledger {
         let shared = Arc::new(Shared {
             store,
             state: RwLock::new(loaded.state),
+            ids: Mutex::new(loaded.ids),
             tiles: RwLock::new(loaded.tiles),
             head: RwLock::new(loaded.head),
             broken: loaded.broken,
@@ -446,7 +448,49 @@ impl NodeSource for StoreNodes<'_> {
     }
 }
 
+/// The idempotency index, in memory: 16-byte BLAKE3 of the command id → where its events are and a
+/// 16-byte prefix of the command's digest. Rebuilt at open from the per-group `C` records, so a group commit
+/// writes one idempotency value instead of one sled key per command (sled's per-key cost bounded ingest).
+/// A hit is confirmed against the stored event's command id, so a hash collision can never return another
+/// command's receipt.
+#[derive(Debug, Default)]
+struct IdIndex {
+    map: HashMap<u128, IdSlot>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IdSlot {
+    first_seq: u64,
+    last_seq: u64,
+    digest: [u8; 16],
+}
+
+impl IdIndex {
+    fn key(id: &str) -> u128 {
+        let h = blake3::hash(id.as_bytes());
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&h.as_bytes()[..16]);
+        u128::from_le_bytes(k)
+    }
+
+    fn slot(id: &str, e: &CommandEntry) -> (u128, IdSlot) {
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&e.digest[..16]);
+        (Self::key(id), IdSlot { first_seq: e.first_seq, last_seq: e.last_seq, digest })
+    }
+
+    fn insert(&mut self, id: &str, e: &CommandEntry) {
+        let (k, v) = Self::slot(id, e);
+        self.map.insert(k, v);
+    }
+
+    fn get(&self, id: &str) -> Option<IdSlot> {
+        self.map.get(&Self::key(id)).copied()
+    }
+}
+
 struct Loaded {
+    ids: IdIndex,
     state: State,
     tiles: TileBuilder,
     head: Head,
@@ -535,7 +579,13 @@ fn load(store: &Store) -> Result<Loaded, OpenError> {
             broken = Some(format!("a checkpoint of size {size} was signed but the log has only {} events", head.seq));
         }
     }
-    Ok(Loaded { state, tiles, head, broken, checkpoint })
+    let mut ids = IdIndex::default();
+    store.for_each_command(|id, e| {
+        if e.last_seq <= head.seq {
+            ids.insert(id, &e);
+        }
+    })?;
+    Ok(Loaded { ids, state, tiles, head, broken, checkpoint })
 }
 
 fn submission_digest(sub: &Submission, ctx: &Context) -> Hash {
@@ -545,11 +595,15 @@ fn submission_digest(sub: &Submission, ctx: &Context) -> Hash {
 }
 
 /// Builds a receipt for events `[first, last]` already in the store.
-fn stored_receipt(store: &Store, command_id: &str, entry: &CommandEntry) -> Result<Receipt, ReadError> {
-    let last = read_events(store, entry.last_seq, entry.last_seq)?
+fn stored_receipt(store: &Store, command_id: &str, slot: &IdSlot) -> Result<Option<Receipt>, ReadError> {
+    let last = read_events(store, slot.last_seq, slot.last_seq)?
         .pop()
-        .ok_or(ReadError::Gap { expected: entry.last_seq, found: 0 })?;
-    Ok(Receipt {
+        .ok_or(ReadError::Gap { expected: slot.last_seq, found: 0 })?;
+    if last.record.command_id != command_id {
+        return Ok(None);
+    }
+    let entry = slot;
+    Ok(Some(Receipt {
         command_id: command_id.to_owned(),
         first_seq: entry.first_seq,
         seq: last.seq,
@@ -557,7 +611,7 @@ fn stored_receipt(store: &Store, command_id: &str, entry: &CommandEntry) -> Resu
         hash: last.hash,
         stream: StreamRef::of_event(&last.record.event).name(),
         stream_version: last.record.stream_version,
-    })
+    }))
 }
 
 fn writer_loop(shared: &Shared, rx: &crossbeam_channel::Receiver<Request>) {
@@ -614,6 +668,7 @@ impl<'a> Writer<'a> {
         let mut latest_now = i64::MIN;
 
         let mut state = shared.state.write();
+        let mut ids = shared.ids.lock();
         let mut tiles = shared.tiles.write();
         let head_before = *shared.head.read();
         let mut head = head_before;
@@ -644,23 +699,26 @@ impl<'a> Writer<'a> {
                     }));
                     continue;
                 }
-                match shared.store.command(&sub.command_id) {
-                    Err(e) => {
-                        out.push(Err(SubmitError::Storage(e.to_string())));
-                        continue;
+                let known = ids.get(&sub.command_id);
+                if let Some(slot) = known {
+                    // An all-zero digest marks an imported entry whose command body is unknown.
+                    let same = slot.digest == digest[..16] || slot.digest == [0; 16];
+                    match stored_receipt(&shared.store, &sub.command_id, &slot) {
+                        Err(e) => {
+                            out.push(Err(SubmitError::Storage(e.to_string())));
+                            continue;
+                        }
+                        Ok(Some(receipt)) => {
+                            out.push(Ok(if same {
+                                Outcome::Duplicate(receipt)
+                            } else {
+                                Outcome::Rejected(Rejection::DuplicateConflict { command_id: sub.command_id.clone() })
+                            }));
+                            continue;
+                        }
+                        // A 128-bit hash collision with another id: treat as new.
+                        Ok(None) => {}
                     }
-                    Ok(Some(entry)) => {
-                        // An all-zero digest marks an imported entry whose command body is unknown.
-                        out.push(if entry.digest != digest && entry.digest != [0; 32] {
-                            Ok(Outcome::Rejected(Rejection::DuplicateConflict { command_id: sub.command_id.clone() }))
-                        } else {
-                            stored_receipt(&shared.store, &sub.command_id, &entry)
-                                .map(Outcome::Duplicate)
-                                .map_err(|e| SubmitError::Storage(e.to_string()))
-                        });
-                        continue;
-                    }
-                    Ok(None) => {}
                 }
                 let stream = command_stream(&sub.command);
                 if let Some(expected) = sub.expected_version {
@@ -787,9 +845,12 @@ impl<'a> Writer<'a> {
             drop(tiles);
         }
         let nothing_to_write = batch.blocks.is_empty() && batch.checkpoints.is_empty();
+        let new_ids: Vec<(u128, IdSlot)> = batch.commands.iter().map(|(id, e)| IdIndex::slot(id, e)).collect();
         let result = if nothing_to_write { Ok(()) } else { shared.store.commit(batch) };
         match result {
             Ok(()) => {
+                ids.map.extend(new_ids);
+                drop(ids);
                 *shared.head.write() = head;
                 if let Some(cp) = new_checkpoint {
                     self.last_checkpoint_at = Some(latest_now);
@@ -808,12 +869,14 @@ impl<'a> Writer<'a> {
                 // Reload what is really on disk so the next group decides against the truth.
                 match load(&shared.store) {
                     Ok(l) => {
+                        *ids = l.ids;
                         *state = l.state;
                         *shared.tiles.write() = l.tiles;
                         *shared.head.write() = l.head;
                     }
                     Err(e2) => tracing::error!("reloading after failed commit: {e2}"),
                 }
+                drop(ids);
                 drop(state);
                 let msg = e.to_string();
                 for (req, out) in requests.into_iter().zip(outcomes) {

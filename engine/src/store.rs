@@ -6,7 +6,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `B` ‖ first seq (u64 BE) | a block: the events of (part of) one group commit, with their chain hashes |
-//! | `C` ‖ command id | idempotency entry: command digest, first and last seq |
+//! | `C` ‖ first seq (u64 BE) | the idempotency entries of one group commit (id, command digest, first and last seq) |
 //! | `T` ‖ tile level (u8) ‖ tile index (u64 BE) | a full Merkle tile (511 hashes) |
 //! | `K` ‖ tree size (u64 BE) | a signed checkpoint (signed-note text) |
 //! | `M` ‖ name | metadata (`verified`: the last verified seq and hash) |
@@ -129,25 +129,40 @@ pub struct CommandEntry {
     pub last_seq: u64,
 }
 
-impl CommandEntry {
-    fn to_bytes(self) -> [u8; 48] {
-        let mut b = [0u8; 48];
-        b[..32].copy_from_slice(&self.digest);
-        b[32..40].copy_from_slice(&self.first_seq.to_be_bytes());
-        b[40..48].copy_from_slice(&self.last_seq.to_be_bytes());
-        b
+/// Encodes the idempotency entries of one group commit as one value:
+/// `u32 LE count`, then per entry `u16 LE id length ‖ id ‖ digest (32) ‖ first seq (u64 LE) ‖ last seq (u64 LE)`.
+pub fn encode_command_group(entries: &[(String, CommandEntry)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + entries.len() * 64);
+    v.extend_from_slice(&u32::try_from(entries.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for (id, e) in entries {
+        // Command ids are validated to at most 128 bytes.
+        v.extend_from_slice(&u16::try_from(id.len()).unwrap_or(u16::MAX).to_le_bytes());
+        v.extend_from_slice(id.as_bytes());
+        v.extend_from_slice(&e.digest);
+        v.extend_from_slice(&e.first_seq.to_le_bytes());
+        v.extend_from_slice(&e.last_seq.to_le_bytes());
     }
+    v
+}
 
-    fn from_bytes(b: &[u8]) -> Option<CommandEntry> {
-        if b.len() != 48 {
-            return None;
-        }
-        Some(CommandEntry {
-            digest: b[..32].try_into().ok()?,
-            first_seq: u64::from_be_bytes(b[32..40].try_into().ok()?),
-            last_seq: u64::from_be_bytes(b[40..48].try_into().ok()?),
-        })
+/// Decodes a value written by [`encode_command_group`], calling `f(id, entry)` for each entry.
+pub fn decode_command_group(v: &[u8], mut f: impl FnMut(&str, CommandEntry)) -> Result<(), StoreError> {
+    let bad = || StoreError::Corrupt("idempotency group is malformed".into());
+    let count = u32::from_le_bytes(v.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+    let mut rest = &v[4..];
+    for _ in 0..count {
+        let len = u16::from_le_bytes(rest.get(..2).and_then(|b| b.try_into().ok()).ok_or_else(bad)?) as usize;
+        let id = rest.get(2..2 + len).and_then(|b| std::str::from_utf8(b).ok()).ok_or_else(bad)?;
+        let tail = rest.get(2 + len..2 + len + 48).ok_or_else(bad)?;
+        let entry = CommandEntry {
+            digest: tail[..32].try_into().map_err(|_| bad())?,
+            first_seq: u64::from_le_bytes(tail[32..40].try_into().map_err(|_| bad())?),
+            last_seq: u64::from_le_bytes(tail[40..48].try_into().map_err(|_| bad())?),
+        };
+        f(id, entry);
+        rest = &rest[2 + len + 48..];
     }
+    if rest.is_empty() { Ok(()) } else { Err(bad()) }
 }
 
 /// Everything one group commit writes, applied atomically.
@@ -155,7 +170,7 @@ impl CommandEntry {
 pub struct CommitBatch {
     /// `(first seq, block bytes)`.
     pub blocks: Vec<(u64, Vec<u8>)>,
-    /// `(command id, entry)`.
+    /// `(command id, entry)`, stored as one value keyed by the group's first seq.
     pub commands: Vec<(String, CommandEntry)>,
     /// `(tile level, tile index, 511 hashes)`.
     pub tiles: Vec<(u8, u64, Vec<u8>)>,
@@ -238,8 +253,8 @@ impl Store {
         for (seq, bytes) in batch.blocks {
             b.insert(&block_key(seq), bytes);
         }
-        for (id, entry) in batch.commands {
-            b.insert(key(b'C', id.as_bytes()), &entry.to_bytes()[..]);
+        if let Some((_, first)) = batch.commands.first() {
+            b.insert(key(b'C', &first.first_seq.to_be_bytes()), encode_command_group(&batch.commands));
         }
         for (level, index, bytes) in batch.tiles {
             b.insert(&tile_key(level, index), bytes);
@@ -267,14 +282,28 @@ impl Store {
         })
     }
 
-    /// The idempotency entry of a command id.
-    pub fn command(&self, id: &str) -> Result<Option<CommandEntry>, StoreError> {
-        match self.tree.get(key(b'C', id.as_bytes()))? {
-            None => Ok(None),
-            Some(v) => CommandEntry::from_bytes(&v)
-                .map(Some)
-                .ok_or_else(|| StoreError::Corrupt(format!("idempotency entry of {id:?} is {} bytes", v.len()))),
+    /// Every stored idempotency group, in seq order: `f(id, entry)` per entry.
+    pub fn for_each_command(&self, mut f: impl FnMut(&str, CommandEntry)) -> Result<(), StoreError> {
+        for r in self.tree.scan_prefix([b'C']) {
+            let (k, v) = r?;
+            if v.len() == 48 {
+                // Layout of the first build (kept readable: fixtures/ledgers/v1): one key per command,
+                // `C ‖ command id` → digest ‖ first seq (u64 BE) ‖ last seq (u64 BE). A group value is never
+                // 48 bytes long (its smallest is 4 + 2 + 1 + 48).
+                let id =
+                    std::str::from_utf8(&k[1..]).map_err(|_| StoreError::Corrupt("command id is not UTF-8".into()))?;
+                let bad = || StoreError::Corrupt("idempotency entry is malformed".into());
+                let entry = CommandEntry {
+                    digest: v[..32].try_into().map_err(|_| bad())?,
+                    first_seq: u64::from_be_bytes(v[32..40].try_into().map_err(|_| bad())?),
+                    last_seq: u64::from_be_bytes(v[40..48].try_into().map_err(|_| bad())?),
+                };
+                f(id, entry);
+                continue;
+            }
+            decode_command_group(&v, &mut f)?;
         }
+        Ok(())
     }
 
     /// The block containing `seq` (greatest first seq ≤ seq).

@@ -55,6 +55,16 @@ fn frozen_v1_data_directory_replays_and_verifies() {
     assert_eq!(state.devices.len(), 3);
     assert_eq!(state.jobs.len(), 2);
     assert_eq!(to_hex(&ledger.root(21).unwrap()), ROOT);
+    // Idempotency entries written in the v1 layout still answer retries.
+    let retry: hwledger_engine::Submission = serde_json::from_str(
+        r#"{"command_id":"f-003","command":{"type":"enroll_device","device_id":"mbp-m1","kind":"local"}}"#,
+    )
+    .unwrap();
+    let ctx = hwledger_engine::Context::new(hwledger_engine::Actor::System, 1_763_900_000_000);
+    match ledger.submit(retry, ctx).unwrap() {
+        hwledger_engine::Outcome::Duplicate(r) => assert_eq!(r.seq, 3),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

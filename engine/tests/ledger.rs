@@ -276,3 +276,61 @@ fn opened_ledger_refuses_writes_when_chain_since_verified_point_is_broken() {
     assert!(matches!(r, Err(ref e) if e.code() == "ledger_broken"), "{r:?}");
     let _ = Verifier::from_vkey;
 }
+
+#[test]
+fn concurrent_submitters_with_repeated_ids_get_one_event_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = std::sync::Arc::new(Ledger::open(dir.path(), options()).unwrap());
+    ledger.submit(sub("enroll-1", enroll("dev-1")), op()).unwrap();
+    ledger.submit(sub("enroll-2", enroll("dev-2")), op()).unwrap();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                let mut receipts = Vec::new();
+                for i in 0..300u64 {
+                    // Every id is submitted by 4 threads with the same body.
+                    let id = format!("hb-{}-{i}", t % 4);
+                    let dev = if i % 2 == 0 { "dev-1" } else { "dev-2" };
+                    if t == 5 && i == 150 {
+                        let _ = ledger.submit(
+                            sub(
+                                "decom-2",
+                                Command::DecommissionDevice { device_id: "dev-2".into(), reason: String::new() },
+                            ),
+                            op(),
+                        );
+                    }
+                    match ledger.submit(sub(&id, telemetry(dev, i as i64)), op()).unwrap() {
+                        Outcome::Accepted(r) | Outcome::Duplicate(r) => receipts.push((id, r.seq)),
+                        Outcome::Rejected(r) => assert_eq!(r.code(), "device_decommissioned", "{r}"),
+                    }
+                }
+                receipts
+            })
+        })
+        .collect();
+    let mut by_id = std::collections::HashMap::new();
+    for t in threads {
+        for (id, seq) in t.join().unwrap() {
+            let prev = by_id.insert(id.clone(), seq);
+            assert!(prev.is_none_or(|p| p == seq), "{id} got two different receipts");
+        }
+    }
+    let events = ledger.read(1, u64::MAX).unwrap();
+    assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1), "gapless");
+    let mut seen = std::collections::HashSet::new();
+    let mut decommissioned_at = None;
+    for e in &events {
+        assert!(seen.insert(e.record.command_id.clone()), "duplicate event for {}", e.record.command_id);
+        if let hwledger_engine::Event::DeviceDecommissioned { .. } = e.record.event {
+            decommissioned_at = Some(e.seq);
+        }
+        if let hwledger_engine::Event::TelemetryRecorded { device_id, .. } = &e.record.event {
+            if device_id == "dev-2" {
+                assert!(decommissioned_at.is_none(), "telemetry for dev-2 after its decommission");
+            }
+        }
+    }
+    assert_eq!(events.len(), seen.len());
+}
