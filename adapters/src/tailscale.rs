@@ -101,12 +101,8 @@ impl TailscaleParseError {
 impl From<JsonDocError> for TailscaleParseError {
     fn from(e: JsonDocError) -> Self {
         match e {
-            JsonDocError::Trailing { line, text } => {
-                TailscaleParseError::TrailingGarbage { line, text }
-            }
-            other => TailscaleParseError::Json {
-                msg: other.describe(),
-            },
+            JsonDocError::Trailing { line, text } => TailscaleParseError::TrailingGarbage { line, text },
+            other => TailscaleParseError::Json { msg: other.describe() },
         }
     }
 }
@@ -117,10 +113,7 @@ const GO_ZERO_TIME_PREFIX: &str = "0001-01-01T00:00:00";
 /// Parse `tailscale status --json`.
 pub fn parse_status(text: &str) -> Result<TailscaleStatus, TailscaleParseError> {
     if text.len() > MAX_INPUT_BYTES {
-        return Err(TailscaleParseError::TooLarge {
-            len: text.len(),
-            limit: MAX_INPUT_BYTES,
-        });
+        return Err(TailscaleParseError::TooLarge { len: text.len(), limit: MAX_INPUT_BYTES });
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
@@ -147,9 +140,7 @@ pub fn parse_status(text: &str) -> Result<TailscaleStatus, TailscaleParseError> 
         Some(other) => return Err(wrong_type("Peer", "an object", other)),
     };
     if self_node.is_none() && peers.is_empty() && !top.contains_key("BackendState") {
-        return Err(shape(
-            "no Self, Peer or BackendState: this is not `tailscale status --json` output",
-        ));
+        return Err(shape("no Self, Peer or BackendState: this is not `tailscale status --json` output"));
     }
     Ok(TailscaleStatus {
         version: string(&top, "Version", "status")?,
@@ -162,26 +153,18 @@ pub fn parse_status(text: &str) -> Result<TailscaleStatus, TailscaleParseError> 
 
 /// An `UnexpectedShape` error.
 fn shape(msg: &str) -> TailscaleParseError {
-    TailscaleParseError::UnexpectedShape {
-        msg: msg.to_owned(),
-    }
+    TailscaleParseError::UnexpectedShape { msg: msg.to_owned() }
 }
 
 /// A field whose JSON type is not the one Tailscale uses.
 fn wrong_type(field: &str, expected: &str, got: &Value) -> TailscaleParseError {
     let rendered = got.to_string();
     let rendered: String = rendered.chars().take(80).collect();
-    TailscaleParseError::UnexpectedShape {
-        msg: format!("{field} should be {expected}, found {rendered}"),
-    }
+    TailscaleParseError::UnexpectedShape { msg: format!("{field} should be {expected}, found {rendered}") }
 }
 
 /// An optional string field; empty strings count as absent.
-fn string(
-    obj: &Map<String, Value>,
-    key: &str,
-    context: &str,
-) -> Result<Option<String>, TailscaleParseError> {
+fn string(obj: &Map<String, Value>, key: &str, context: &str) -> Result<Option<String>, TailscaleParseError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -191,11 +174,7 @@ fn string(
 }
 
 /// An optional array of strings; `null` is empty.
-fn strings(
-    obj: &Map<String, Value>,
-    key: &str,
-    context: &str,
-) -> Result<Vec<String>, TailscaleParseError> {
+fn strings(obj: &Map<String, Value>, key: &str, context: &str) -> Result<Vec<String>, TailscaleParseError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -210,10 +189,7 @@ fn strings(
 }
 
 /// One node object → one peer.
-fn parse_node(
-    node: &Map<String, Value>,
-    context: &str,
-) -> Result<TailscalePeer, TailscaleParseError> {
+fn parse_node(node: &Map<String, Value>, context: &str) -> Result<TailscalePeer, TailscaleParseError> {
     let Some(id) = string(node, "ID", context)? else {
         return Err(shape(&format!("{context} has no ID")));
     };
@@ -222,8 +198,7 @@ fn parse_node(
         Some(Value::Bool(b)) => Some(*b),
         Some(other) => return Err(wrong_type(&format!("{context}.Online"), "a boolean", other)),
     };
-    let last_seen =
-        string(node, "LastSeen", context)?.filter(|t| !t.starts_with(GO_ZERO_TIME_PREFIX));
+    let last_seen = string(node, "LastSeen", context)?.filter(|t| !t.starts_with(GO_ZERO_TIME_PREFIX));
     Ok(TailscalePeer {
         id,
         host_name: string(node, "HostName", context)?,
@@ -242,10 +217,8 @@ mod tests {
 
     #[test]
     fn logged_out_status_has_no_nodes() {
-        let status = parse_status(
-            r#"{"Version": "1.80.0", "BackendState": "NeedsLogin", "Self": null, "Peer": null}"#,
-        )
-        .unwrap();
+        let status =
+            parse_status(r#"{"Version": "1.80.0", "BackendState": "NeedsLogin", "Self": null, "Peer": null}"#).unwrap();
         assert_eq!(status.self_node, None);
         assert!(status.peers.is_empty());
         assert_eq!(status.backend_state.as_deref(), Some("NeedsLogin"));
@@ -257,10 +230,7 @@ mod tests {
             "nodekey:a": {"ID": "a", "LastSeen": "2025-01-02T03:04:05Z", "Online": false, "Addrs": null},
             "nodekey:b": {"ID": "b", "LastSeen": "0001-01-01T00:00:00Z"}}}"#;
         let status = parse_status(text).unwrap();
-        assert_eq!(
-            status.peers[0].last_seen.as_deref(),
-            Some("2025-01-02T03:04:05Z")
-        );
+        assert_eq!(status.peers[0].last_seen.as_deref(), Some("2025-01-02T03:04:05Z"));
         assert_eq!(status.peers[0].online, Some(false));
         assert!(status.peers[0].endpoints.is_empty());
         assert_eq!(status.peers[1].last_seen, None);
@@ -271,25 +241,16 @@ mod tests {
     fn errors_have_codes() {
         assert_eq!(parse_status("").unwrap_err().code(), "empty");
         assert_eq!(
-            parse_status("failed to connect to local tailscaled; it doesn't appear to be running")
-                .unwrap_err()
-                .code(),
+            parse_status("failed to connect to local tailscaled; it doesn't appear to be running").unwrap_err().code(),
             "json"
         );
         assert_eq!(parse_status("[]").unwrap_err().code(), "unexpected_shape");
         assert_eq!(parse_status("{}").unwrap_err().code(), "unexpected_shape");
         assert_eq!(
-            parse_status(r#"{"BackendState": "Running", "Peer": {"k": {"ID": 5}}}"#)
-                .unwrap_err()
-                .code(),
+            parse_status(r#"{"BackendState": "Running", "Peer": {"k": {"ID": 5}}}"#).unwrap_err().code(),
             "unexpected_shape"
         );
-        assert_eq!(
-            parse_status("{\"BackendState\": \"Running\"}\nextra")
-                .unwrap_err()
-                .code(),
-            "trailing_garbage"
-        );
+        assert_eq!(parse_status("{\"BackendState\": \"Running\"}\nextra").unwrap_err().code(), "trailing_garbage");
         let big = " ".repeat(MAX_INPUT_BYTES + 1);
         assert_eq!(parse_status(&big).unwrap_err().code(), "too_large");
     }

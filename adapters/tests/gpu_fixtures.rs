@@ -11,20 +11,14 @@ use std::path::{Path, PathBuf};
 
 use expect_test::expect_file;
 use hwledger_adapters::gpu::{
-    self, GpuFormat, GpuParseError, GpuSample, MAX_INPUT_BYTES, NVIDIA_QUERY, Vendor,
-    parse_amd_smi, parse_nvidia_csv, parse_nvidia_xml, parse_rocm_smi, parse_system_profiler,
+    self, GpuFormat, GpuParseError, GpuSample, MAX_INPUT_BYTES, NVIDIA_QUERY, Vendor, parse_amd_smi, parse_nvidia_csv,
+    parse_nvidia_xml, parse_rocm_smi, parse_system_profiler,
 };
 use hwledger_adapters::tailscale::{TailscaleParseError, TailscaleStatus, parse_status};
 
 /// The fixture sub-directories these parsers own; each file in them has a snapshot.
-const TOOL_DIRS: [&str; 6] = [
-    "nvidia-smi-csv",
-    "nvidia-smi-xml",
-    "rocm-smi",
-    "amd-smi",
-    "system-profiler",
-    "tailscale",
-];
+const TOOL_DIRS: [&str; 6] =
+    ["nvidia-smi-csv", "nvidia-smi-xml", "rocm-smi", "amd-smi", "system-profiler", "tailscale"];
 
 fn fixtures_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/gpu-and-cloud")
@@ -54,15 +48,9 @@ fn fixture_files(dir: &str) -> Vec<String> {
 /// README). Files with a header, and error banners, need none.
 fn csv_query(file: &str) -> Option<&'static [&'static str]> {
     match file {
-        "gpustat-issue5-8x-titan-x-noheader-nounits.csv" => Some(&[
-            "index",
-            "uuid",
-            "name",
-            "temperature.gpu",
-            "utilization.gpu",
-            "memory.used",
-            "memory.total",
-        ]),
+        "gpustat-issue5-8x-titan-x-noheader-nounits.csv" => {
+            Some(&["index", "uuid", "name", "temperature.gpu", "utilization.gpu", "memory.used", "memory.total"])
+        }
         "llama-swap-issue782-gb10-memory-na-noheader.csv" => {
             Some(&["memory.used", "memory.total", "utilization.memory"])
         }
@@ -80,9 +68,7 @@ fn csv_query(file: &str) -> Option<&'static [&'static str]> {
             "power.max_limit",
             "power.default_limit",
         ]),
-        "prmon-issue317-2x-rtx-a6000-noheader-nounits.csv" => {
-            Some(&["clocks.max.sm", "memory.total", "gpu_name"])
-        }
+        "prmon-issue317-2x-rtx-a6000-noheader-nounits.csv" => Some(&["clocks.max.sm", "memory.total", "gpu_name"]),
         _ => None,
     }
 }
@@ -211,10 +197,7 @@ fn csv_gpustat_eight_titan_x() {
     assert_eq!(gpus[1].vram_used_mib, Some(10032));
     assert_eq!(gpus[1].utilization_pct, Some(86.0));
     assert_eq!(gpus[1].temperature_c, Some(54.0));
-    assert_eq!(
-        gpus[7].uuid.as_deref(),
-        Some("GPU-f199c9ea-65d8-5382-aefe-a9e8fb48057b")
-    );
+    assert_eq!(gpus[7].uuid.as_deref(), Some("GPU-f199c9ea-65d8-5382-aefe-a9e8fb48057b"));
 }
 
 #[test]
@@ -282,17 +265,10 @@ fn csv_full_query_with_mig() {
     assert_eq!(gpu.vram_total_mib, Some(81559));
     assert_eq!(gpu.vram_used_mib, Some(11125));
     assert_eq!(gpu.power_w, Some(433.78));
-    assert_eq!(
-        gpu.temperature_c,
-        Some(53.0),
-        "temperature.gpu, not .tlimit"
-    );
+    assert_eq!(gpu.temperature_c, Some(53.0), "temperature.gpu, not .tlimit");
 
     let plain = csv("nvgpuexp-linux-nvidia-h100-80gb-hbm3_590.48.01-load.csv").unwrap();
-    assert_eq!(
-        plain[0].mig.as_ref().and_then(|m| m.mode.as_deref()),
-        Some("Disabled")
-    );
+    assert_eq!(plain[0].mig.as_ref().and_then(|m| m.mode.as_deref()), Some("Disabled"));
     assert_eq!(plain[0].utilization_pct, Some(100.0));
 
     let rtx = csv("nvgpuexp-linux-nvidia-geforce-rtx-2080-super_595.71.05-idle.csv").unwrap();
@@ -307,10 +283,7 @@ fn csv_error_banners_from_captures() {
         csv("err-gcp-compute-gpu-installation-pr18-nvidia-smi-has-failed.txt"),
         Err(GpuParseError::DriverUnreachable)
     );
-    assert_eq!(
-        csv("err-open-gpu-kernel-modules-issue862-no-devices-found.txt"),
-        Err(GpuParseError::NoDevices)
-    );
+    assert_eq!(csv("err-open-gpu-kernel-modules-issue862-no-devices-found.txt"), Err(GpuParseError::NoDevices));
     assert_eq!(
         csv("err-open-gpu-kernel-modules-issue47-driver-library-mismatch.txt"),
         Err(GpuParseError::NvmlInit {
@@ -331,31 +304,14 @@ fn driver_banner_variants() {
         "\u{feff}\n\nnvidia-smi has failed because it couldn't communicate with the nvidia driver.",
     ];
     for text in variants {
-        assert_eq!(
-            parse_nvidia_csv(text, None),
-            Err(GpuParseError::DriverUnreachable),
-            "{text:?}"
-        );
-        assert_eq!(
-            parse_nvidia_xml(text),
-            Err(GpuParseError::DriverUnreachable),
-            "{text:?}"
-        );
+        assert_eq!(parse_nvidia_csv(text, None), Err(GpuParseError::DriverUnreachable), "{text:?}");
+        assert_eq!(parse_nvidia_xml(text), Err(GpuParseError::DriverUnreachable), "{text:?}");
     }
-    assert_eq!(
-        parse_nvidia_csv("No devices were found\r\n", None),
-        Err(GpuParseError::NoDevices)
-    );
-    assert_eq!(
-        parse_nvidia_xml("  No devices were found.\n"),
-        Err(GpuParseError::NoDevices)
-    );
+    assert_eq!(parse_nvidia_csv("No devices were found\r\n", None), Err(GpuParseError::NoDevices));
+    assert_eq!(parse_nvidia_xml("  No devices were found.\n"), Err(GpuParseError::NoDevices));
     assert_eq!(
         parse_nvidia_csv("Failed to initialize NVML: Unknown Error\n", None),
-        Err(GpuParseError::NvmlInit {
-            detail: "Unknown Error".to_owned(),
-            library_version: None,
-        })
+        Err(GpuParseError::NvmlInit { detail: "Unknown Error".to_owned(), library_version: None })
     );
 }
 
@@ -376,9 +332,7 @@ fn csv_structure_errors_name_the_line() {
     assert!(err.to_string().contains("memory.used"), "{err}");
     assert_eq!(
         parse_nvidia_csv("pstate, fan.speed [%]\nP0, 30 %\n", None),
-        Err(GpuParseError::UnknownColumns {
-            columns: vec!["pstate".to_owned(), "fan.speed [%]".to_owned()],
-        })
+        Err(GpuParseError::UnknownColumns { columns: vec!["pstate".to_owned(), "fan.speed [%]".to_owned()] })
     );
     // hwledger's own query, header-less.
     let own = "0, GPU-1234, NVIDIA L4, 23034, 1, 2, 45, 27.22, 555.42.06\n";
@@ -388,12 +342,7 @@ fn csv_structure_errors_name_the_line() {
     assert_eq!(gpus[0].power_w, Some(27.22));
     assert_eq!(gpus[0].driver_version.as_deref(), Some("555.42.06"));
     // A wrong query for the output is a column-count error, not a misreading.
-    assert_eq!(
-        parse_nvidia_csv("[N/A], [N/A], 0\n", None)
-            .unwrap_err()
-            .code(),
-        "csv"
-    );
+    assert_eq!(parse_nvidia_csv("[N/A], [N/A], 0\n", None).unwrap_err().code(), "csv");
 }
 
 #[test]
@@ -419,20 +368,13 @@ fn xml_mig_devices() {
 fn xml_power_locations_and_versions() {
     let a5000 = xml("telegraf-dual_a5000-v13.xml");
     assert_eq!(a5000.len(), 2);
-    assert_eq!(
-        a5000[0].power_w,
-        Some(6.41),
-        "schema 13: average_power_draw"
-    );
+    assert_eq!(a5000[0].power_w, Some(6.41), "schema 13: average_power_draw");
     assert_eq!(a5000[1].power_w, Some(13.60));
     assert_eq!(a5000[0].index, Some(0));
     assert_eq!(a5000[1].index, Some(1));
     assert_eq!(xml("netdata-tesla-p100.xml")[0].power_w, Some(26.16));
     assert_eq!(xml("serverbox-gt730-470.xml")[0].power_w, None);
-    assert_eq!(
-        xml("telegraf-quadro-p400.xml")[0].vram_total_mib,
-        Some(1998)
-    );
+    assert_eq!(xml("telegraf-quadro-p400.xml")[0].vram_total_mib, Some(1998));
     let l4 = xml("datarhei-2x-l4-555.xml");
     assert_eq!(l4.len(), 2);
     assert_eq!(l4[0].vram_total_mib, Some(23034));
@@ -493,18 +435,12 @@ fn xml_padding_and_prologue_variants() {
 fn xml_errors() {
     let truncated = "<nvidia_smi_log><gpu><product_name>X</product_name>";
     assert_eq!(parse_nvidia_xml(truncated).unwrap_err().code(), "xml");
-    assert_eq!(
-        parse_nvidia_xml("<html><body/></html>").unwrap_err().code(),
-        "xml"
-    );
+    assert_eq!(parse_nvidia_xml("<html><body/></html>").unwrap_err().code(), "xml");
     let bad = "<nvidia_smi_log><gpu><fb_memory_usage><total>NaN MiB</total></fb_memory_usage></gpu></nvidia_smi_log>";
     assert_eq!(parse_nvidia_xml(bad).unwrap_err().code(), "invalid_value");
     let deep = format!("{}{}", "<a>".repeat(10_000), "</a>".repeat(10_000));
     assert_eq!(parse_nvidia_xml(&deep).unwrap_err().code(), "xml");
-    assert_eq!(
-        parse_nvidia_xml("<nvidia_smi_log></nvidia_smi_log>"),
-        Ok(Vec::new())
-    );
+    assert_eq!(parse_nvidia_xml("<nvidia_smi_log></nvidia_smi_log>"), Ok(Vec::new()));
 }
 
 #[test]
@@ -512,10 +448,7 @@ fn rocm_versions() {
     let rocm = |file: &str| parse_rocm_smi(&fixture("rocm-smi", file));
     let mi100 = rocm("telegraf-mi100_rocm571.json").unwrap();
     assert_eq!(mi100.len(), 6);
-    assert_eq!(
-        mi100[0].name.as_deref(),
-        Some("Arcturus GL-XL [Instinct MI100]")
-    );
+    assert_eq!(mi100[0].name.as_deref(), Some("Arcturus GL-XL [Instinct MI100]"));
     assert_eq!(mi100[0].vram_total_mib, Some(32752));
     assert_eq!(mi100[0].power_w, Some(39.0));
     assert_eq!(mi100[0].driver_version.as_deref(), Some("6.2.4"));
@@ -528,10 +461,7 @@ fn rocm_versions() {
     assert_eq!(old[0].power_w, Some(6.0));
 
     let new = rocm("telegraf-rx6700xt_rocm602.json").unwrap();
-    assert_eq!(
-        new[0].name.as_deref(),
-        Some("Navi 22 [Radeon RX 6700/6700 XT / 6800M]")
-    );
+    assert_eq!(new[0].name.as_deref(), Some("Navi 22 [Radeon RX 6700/6700 XT / 6800M]"));
     assert_eq!(new[0].power_w, None, "N/A (Secondary die)");
 
     let marimo = rocm("marimo-issue9237-rx7900xt-productname-use-vram.json").unwrap();
@@ -545,19 +475,12 @@ fn rocm_versions() {
     assert_eq!(mi250[0].vram_total_mib, None, "not in that capture");
     assert_eq!(mi250[0].uuid.as_deref(), Some("0x719d230578348e8c"));
 
-    assert_eq!(
-        rocm("legacy-rocm-build-issue4374-mi300a-no-json-data.txt"),
-        Err(GpuParseError::NoJsonData)
-    );
+    assert_eq!(rocm("legacy-rocm-build-issue4374-mi300a-no-json-data.txt"), Err(GpuParseError::NoJsonData));
 }
 
 #[test]
 fn amd_smi_and_apple() {
-    let amd = parse_amd_smi(&fixture(
-        "amd-smi",
-        "amdsmi-changelog-metric-power-json.json",
-    ))
-    .unwrap();
+    let amd = parse_amd_smi(&fixture("amd-smi", "amdsmi-changelog-metric-power-json.json")).unwrap();
     assert_eq!(amd.len(), 1);
     assert_eq!(amd[0].index, Some(0));
     assert_eq!(amd[0].power_w, Some(10.0));
@@ -574,10 +497,7 @@ fn amd_smi_and_apple() {
     assert_eq!(mi300[0].vram_used_mib, None);
     assert_eq!(mi300[0].temperature_c, Some(41.0));
     assert_eq!(mi300[0].name.as_deref(), Some("AMD Instinct MI300X"));
-    assert_eq!(
-        parse_amd_smi(r#"[{"gpu": -1}]"#).unwrap_err().code(),
-        "invalid_value"
-    );
+    assert_eq!(parse_amd_smi(r#"[{"gpu": -1}]"#).unwrap_err().code(), "invalid_value");
 
     for file in fixture_files("system-profiler") {
         let gpus = parse_system_profiler(&fixture("system-profiler", &file)).unwrap();
@@ -590,28 +510,19 @@ fn amd_smi_and_apple() {
 
 #[test]
 fn tailscale_capture() {
-    let status = parse_status(&fixture(
-        "tailscale",
-        "unattributed-openwrt-ikuai-running-1peer-errbuildinfo.json",
-    ))
-    .unwrap();
+    let status =
+        parse_status(&fixture("tailscale", "unattributed-openwrt-ikuai-running-1peer-errbuildinfo.json")).unwrap();
     assert_eq!(status.version.as_deref(), Some("1.76.1-ERR-BuildInfo"));
     assert_eq!(status.backend_state.as_deref(), Some("Running"));
     let me = status.self_node.as_ref().unwrap();
     assert_eq!(me.host_name.as_deref(), Some("iKuai"));
-    assert_eq!(
-        me.addresses,
-        vec!["100.104.58.51", "fd7a:115c:a1e0::ef01:3a34"]
-    );
+    assert_eq!(me.addresses, vec!["100.104.58.51", "fd7a:115c:a1e0::ef01:3a34"]);
     assert_eq!(me.endpoints.len(), 7);
     assert_eq!(me.last_seen, None, "zero date");
     assert_eq!(status.peers.len(), 1);
     let peer = &status.peers[0];
     assert_eq!(peer.id, "nYNNjYYJCN11CNTRL");
-    assert_eq!(
-        peer.dns_name.as_deref(),
-        Some("istoreos.tail1fb5f0.ts.net.")
-    );
+    assert_eq!(peer.dns_name.as_deref(), Some("istoreos.tail1fb5f0.ts.net."));
     assert!(peer.endpoints.is_empty(), "Addrs: null");
     assert_eq!(peer.online, Some(true));
     assert_eq!(peer.os.as_deref(), Some("linux"));
@@ -623,10 +534,7 @@ fn trailing_text_after_json() {
     let text = "[{\"gpu\": 0}]\nMachine ID 24126 not found or not rentable.\n";
     assert_eq!(
         parse_amd_smi(text),
-        Err(GpuParseError::TrailingGarbage {
-            line: 2,
-            text: "Machine ID 24126 not found or not rentable.".to_owned(),
-        })
+        Err(GpuParseError::TrailingGarbage { line: 2, text: "Machine ID 24126 not found or not rentable.".to_owned() })
     );
 }
 
@@ -635,10 +543,7 @@ fn format_names_round_trip() {
     for format in GpuFormat::ALL {
         assert_eq!(format.to_string().parse::<GpuFormat>(), Ok(format));
     }
-    assert_eq!(
-        "nvidia-smi-xml".parse::<GpuFormat>(),
-        Ok(GpuFormat::NvidiaSmiXml)
-    );
+    assert_eq!("nvidia-smi-xml".parse::<GpuFormat>(), Ok(GpuFormat::NvidiaSmiXml));
     assert!("nvidia".parse::<GpuFormat>().is_err());
 }
 
@@ -649,46 +554,16 @@ fn error_codes_are_stable() {
         (GpuParseError::TooLarge { len: 1, limit: 0 }, "too_large"),
         (GpuParseError::DriverUnreachable, "driver_unreachable"),
         (GpuParseError::NoDevices, "no_devices"),
-        (
-            GpuParseError::NvmlInit {
-                detail: String::new(),
-                library_version: None,
-            },
-            "nvml_init",
-        ),
+        (GpuParseError::NvmlInit { detail: String::new(), library_version: None }, "nvml_init"),
         (GpuParseError::NoJsonData, "no_json_data"),
-        (
-            GpuParseError::TrailingGarbage {
-                line: 1,
-                text: String::new(),
-            },
-            "trailing_garbage",
-        ),
-        (
-            GpuParseError::Csv {
-                line: 1,
-                msg: String::new(),
-            },
-            "csv",
-        ),
+        (GpuParseError::TrailingGarbage { line: 1, text: String::new() }, "trailing_garbage"),
+        (GpuParseError::Csv { line: 1, msg: String::new() }, "csv"),
         (GpuParseError::Xml { msg: String::new() }, "xml"),
         (GpuParseError::Json { msg: String::new() }, "json"),
+        (GpuParseError::UnexpectedShape { msg: String::new() }, "unexpected_shape"),
+        (GpuParseError::UnknownColumns { columns: Vec::new() }, "unknown_columns"),
         (
-            GpuParseError::UnexpectedShape { msg: String::new() },
-            "unexpected_shape",
-        ),
-        (
-            GpuParseError::UnknownColumns {
-                columns: Vec::new(),
-            },
-            "unknown_columns",
-        ),
-        (
-            GpuParseError::InvalidValue {
-                device: String::new(),
-                field: String::new(),
-                value: String::new(),
-            },
+            GpuParseError::InvalidValue { device: String::new(), field: String::new(), value: String::new() },
             "invalid_value",
         ),
     ];
@@ -703,11 +578,7 @@ fn empty_and_oversized_input() {
         assert_eq!(gpu::parse(format, ""), Err(GpuParseError::Empty));
         assert_eq!(gpu::parse(format, " \n\t"), Err(GpuParseError::Empty));
         let big = "x".repeat(MAX_INPUT_BYTES + 1);
-        assert_eq!(
-            gpu::parse(format, &big).unwrap_err().code(),
-            "too_large",
-            "{format}"
-        );
+        assert_eq!(gpu::parse(format, &big).unwrap_err().code(), "too_large", "{format}");
     }
 }
 
@@ -728,25 +599,13 @@ fn parse_everything(text: &str) {
 /// Small captures of every format, truncated at every character boundary.
 const SWEEP_FIXTURES: [(&str, &str); 8] = [
     ("nvidia-smi-csv", "netdata-tesla-p100.csv"),
-    (
-        "nvidia-smi-csv",
-        "megaminer-issue376-8gpu-mixed-1080ti-units-unknown-error.csv",
-    ),
+    ("nvidia-smi-csv", "megaminer-issue376-8gpu-mixed-1080ti-units-unknown-error.csv"),
     ("nvidia-smi-xml", "telegraf-gtx-1070-ti.xml"),
     ("rocm-smi", "telegraf-rx6700xt_rocm602.json"),
     ("amd-smi", "amdsmi-changelog-metric-power-json.json"),
-    (
-        "system-profiler",
-        "unattributed-m1-macbook-khw-name-7core.json",
-    ),
-    (
-        "tailscale",
-        "unattributed-openwrt-ikuai-running-1peer-errbuildinfo.json",
-    ),
-    (
-        "nvidia-smi-csv",
-        "err-open-gpu-kernel-modules-issue47-driver-library-mismatch.txt",
-    ),
+    ("system-profiler", "unattributed-m1-macbook-khw-name-7core.json"),
+    ("tailscale", "unattributed-openwrt-ikuai-running-1peer-errbuildinfo.json"),
+    ("nvidia-smi-csv", "err-open-gpu-kernel-modules-issue47-driver-library-mismatch.txt"),
 ];
 
 #[test]
@@ -879,28 +738,11 @@ fn hostile_numbers_and_nesting() {
     assert_eq!(parse_amd_smi(&deep_json).unwrap_err().code(), "json");
     let deep_obj = format!("{}1{}", "{\"card0\":".repeat(5_000), "}".repeat(5_000));
     assert!(parse_rocm_smi(&deep_obj).is_err());
-    for value in [
-        "1e400",
-        "-1",
-        "NaN",
-        "inf",
-        "18446744073709551616",
-        "0x10",
-        "1.5.5",
-        "\u{661}",
-    ] {
+    for value in ["1e400", "-1", "NaN", "inf", "18446744073709551616", "0x10", "1.5.5", "\u{661}"] {
         let rocm = format!("{{\"card0\": {{\"VRAM Total Memory (B)\": \"{value}\"}}}}");
-        assert_eq!(
-            parse_rocm_smi(&rocm).unwrap_err().code(),
-            "invalid_value",
-            "{value}"
-        );
+        assert_eq!(parse_rocm_smi(&rocm).unwrap_err().code(), "invalid_value", "{value}");
         let csv = format!("memory.total [MiB]\n{value}\n");
-        assert_eq!(
-            parse_nvidia_csv(&csv, None).unwrap_err().code(),
-            "csv",
-            "{value}"
-        );
+        assert_eq!(parse_nvidia_csv(&csv, None).unwrap_err().code(), "csv", "{value}");
     }
     let power = "power.draw [W], utilization.gpu [%]\n-5.0 W, 10 %\n";
     assert_eq!(parse_nvidia_csv(power, None).unwrap_err().code(), "csv");

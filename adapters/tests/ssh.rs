@@ -229,6 +229,9 @@ async fn command_timeout_closes_channel_and_session_survives() {
     }
     assert!(err.outcome_unknown());
     assert!(elapsed < Duration::from_secs(5), "timeout took {elapsed:?}");
+    // The kill signal we also send is refused by OpenSSH for root logins ("session signalling
+    // requires privilege separation"), so the remote `sleep` may outlive the closed channel: that is
+    // why a timeout is an unknown outcome, not a failure.
     // The session itself is still usable.
     let out = session.exec("echo alive").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.stdout, b"alive\n");
@@ -459,6 +462,18 @@ async fn pool_reuses_sessions_and_enforces_bounds() {
     let fresh = pool.get(&b, &tofu()).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(fresh.exec("true").await.is_ok());
     assert_eq!(sshd_b.accepted_logins(), 2);
+    drop(fresh);
+
+    // Per-host bound with an idle session of another target on the same host (127.0.0.1 via
+    // sshd_b's port): the idle one is closed to make room instead of waiting.
+    let sa = pool.get(&a, &tofu()).await.unwrap_or_else(|e| panic!("{e}"));
+    drop(sa);
+    let c = SshTarget::new(sshd_b.user(), "127.0.0.1", sshd_b.port()).unwrap_or_else(|e| panic!("{e}"));
+    let sc = pool.get(&c, &tofu()).await.unwrap_or_else(|e| panic!("same-host eviction: {e}"));
+    assert_eq!(sc.target(), &c);
+    assert_eq!(sshd_b.accepted_logins(), 3);
+    assert_eq!(pool.stats().live, 1);
+    assert_eq!(pool.stats().idle, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 //! | `T` ‖ tile level (u8) ‖ tile index (u64 BE) | a full Merkle tile (511 hashes) |
 //! | `K` ‖ tree size (u64 BE) | a signed checkpoint (signed-note text) |
 //! | `M` ‖ name | metadata (`verified`: the last verified seq and hash) |
-//! | `S` | snapshot of the decision state (a cache: seq ‖ bincode state) |
+//! | `S` | snapshot of the decision state (a cache: bincode of the state, which records its own last seq) |
 //!
 //! Storing each group commit as one block (instead of one key per event) is what makes sled fast enough:
 //! sled's per-key cost, not hashing, bounds ingest. An event is found by seq with one reverse range lookup

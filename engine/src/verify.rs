@@ -7,8 +7,6 @@
 //! against a pinned verifier key (catches a rewrite even of the whole chain). Every break names its seq, its
 //! kind and the evidence.
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 
 use crate::chain::{GENESIS, Hash, chain_hash, to_hex};
@@ -123,7 +121,8 @@ pub struct ChainVerifier {
     report: Report,
     expected: u64,
     prev: Option<(u64, Hash)>,
-    pending_missing: BTreeSet<u64>,
+    /// Missing seq ranges `[start, end)` by start (ranges, so a forged huge seq costs O(1) memory).
+    pending_missing: std::collections::BTreeMap<u64, u64>,
     builder: TileBuilder,
     tiles_done: Vec<CompletedTile>,
     /// Full tiles as rebuilt, kept only as the top hashes needed for roots at checkpoint sizes.
@@ -168,7 +167,7 @@ impl ChainVerifier {
             report: Report { source: source.to_owned(), ..Report::default() },
             expected: 1,
             prev: None,
-            pending_missing: BTreeSet::new(),
+            pending_missing: Default::default(),
             builder: TileBuilder::new(),
             tiles_done: Vec::new(),
             checkpoint_sizes,
@@ -196,10 +195,10 @@ impl ChainVerifier {
             }
         };
         if seq > position {
-            self.pending_missing.extend(position..seq);
-            self.expected = seq + 1;
+            self.pending_missing.insert(position, seq);
+            self.expected = seq.saturating_add(1);
         } else if seq < position {
-            if self.pending_missing.remove(&seq) {
+            if self.take_missing(seq) {
                 self.add(
                     seq,
                     BreakKind::EventsReordered,
@@ -217,12 +216,12 @@ impl ChainVerifier {
                 );
             }
         } else {
-            self.expected = seq + 1;
+            self.expected = seq.saturating_add(1);
         }
         // The chain link can be checked when the predecessor is the event just before.
         let prev_hash = match self.prev {
             None if seq == 1 => Some(GENESIS),
-            Some((p, h)) if p + 1 == seq => Some(h),
+            Some((p, h)) if p.checked_add(1) == Some(seq) => Some(h),
             _ => None,
         };
         if let Some(prev) = prev_hash {
@@ -258,6 +257,22 @@ impl ChainVerifier {
         }
     }
 
+    /// Removes `seq` from the missing ranges; true if it was there.
+    fn take_missing(&mut self, seq: u64) -> bool {
+        let Some((&start, &end)) = self.pending_missing.range(..=seq).next_back() else { return false };
+        if seq >= end {
+            return false;
+        }
+        self.pending_missing.remove(&start);
+        if start < seq {
+            self.pending_missing.insert(start, seq);
+        }
+        if seq + 1 < end {
+            self.pending_missing.insert(seq + 1, end);
+        }
+        true
+    }
+
     /// Records a framing error at `seq`.
     pub fn framing(&mut self, seq: u64, detail: String) {
         self.add(seq, BreakKind::Framing, detail, None, None);
@@ -268,7 +283,7 @@ impl ChainVerifier {
         match self.rebuilt_tiles.get(&(level, index)) {
             Some(rebuilt) if rebuilt.as_slice() == bytes => {}
             Some(_) | None => {
-                let first_seq = (index << (8 * (u32::from(level) + 1))).saturating_add(1);
+                let first_seq = index.checked_shl(8 * (u32::from(level) + 1)).unwrap_or(u64::MAX).saturating_add(1);
                 self.add(
                     first_seq,
                     BreakKind::MerkleMismatch,
@@ -293,8 +308,13 @@ impl ChainVerifier {
 
     /// Ends the walk: missing events, head, checkpoints.
     pub fn finish(mut self, opts: &VerifyOptions, checkpoint: Option<&str>) -> Report {
-        for seq in std::mem::take(&mut self.pending_missing) {
-            self.add(seq, BreakKind::EventMissing, format!("event {seq} is missing"), None, None);
+        for (start, end) in std::mem::take(&mut self.pending_missing) {
+            let detail = if end == start + 1 {
+                format!("event {start} is missing")
+            } else {
+                format!("events {start} to {} are missing", end - 1)
+            };
+            self.add(start, BreakKind::EventMissing, detail, None, Some((end - start).to_string()));
         }
         self.report.checks.push(format!("chain: {} events hashed and linked", self.report.events));
         self.report.checks.push("merkle: tree rebuilt from the event bodies".into());
@@ -304,7 +324,7 @@ impl ChainVerifier {
             self.report.checks.push(format!("head: log reaches seq {seq} with the recorded hash"));
             if self.report.head_seq < seq {
                 self.add(
-                    self.report.head_seq + 1,
+                    self.report.head_seq.saturating_add(1),
                     BreakKind::Truncated,
                     format!("log ends at seq {} but the recorded head is seq {seq}", self.report.head_seq),
                     Some(seq.to_string()),
@@ -446,15 +466,11 @@ pub fn verify_dir(
         sizes.push(size);
     }
     let mut v = ChainVerifier::new(&dir.display().to_string(), sizes, opts.head.map(|h| h.0));
-    let mut expected_block = 1u64;
+    // Events are checked by their own seqs, so a missing or moved block shows up as missing/reordered events.
     for block in store.blocks_from(0) {
         let (first_seq, bytes) = block?;
-        if first_seq != expected_block && first_seq > expected_block {
-            // Whole blocks missing: the events' own seqs will tell the gap; note the container break too.
-        }
         match crate::store::parse_block(&bytes) {
             Ok(events) => {
-                expected_block = first_seq + events.len() as u64;
                 for e in events {
                     v.event(e.body, &e.hash);
                 }

@@ -76,3 +76,18 @@ fn frozen_v1_bundle_verifies_offline() {
     assert_eq!(report.merkle_root, ROOT);
     assert_eq!(report.checkpoint_size, Some(21));
 }
+
+#[test]
+fn frozen_v1_bundle_verifies_with_the_independent_python_verifier() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/independent/verify.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(fixture("v1.hwlx"))
+        .arg("--vkey")
+        .arg(fixture("log.vkey"))
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), format!("OK 21 {ROOT}"));
+}

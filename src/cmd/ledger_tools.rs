@@ -441,8 +441,11 @@ pub fn proof(config: &Config, _global: &Global, args: ProofArgs) -> anyhow::Resu
         ProofKind::Inclusion { seq, size } => {
             let size = size.unwrap_or(default_size);
             let proof = ledger.inclusion_proof(seq, size)?;
-            let leaf = ledger.read(seq, seq)?.pop().context("event not found")?;
-            let body = hwledger_engine::codec::encode_record(&leaf.record);
+            let mut body = Vec::new();
+            hwledger_engine::replay::for_each_raw(ledger.store(), seq, seq, |_, b, _| {
+                body = b.to_vec();
+                Ok(())
+            })?;
             serde_json::json!({
                 "seq": seq, "leaf_index": seq - 1, "tree_size": size,
                 "leaf_hash": b64(&hwledger_engine::merkle::leaf_hash(&body)),

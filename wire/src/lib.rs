@@ -1,6 +1,8 @@
 //! hwledger's front door: the fleet PKI, the mTLS transport, the HTTP API and its typed client.
 
+pub mod api;
 pub mod client_tls;
 pub mod pki;
+pub mod server;
 pub mod tls;
 pub mod transport;

@@ -48,18 +48,11 @@ pub fn parse_amd_smi(text: &str) -> Result<Vec<GpuSample>, GpuParseError> {
         },
         other => {
             return Err(GpuParseError::UnexpectedShape {
-                msg: format!(
-                    "amd-smi --json prints an array of per-GPU objects, not {}",
-                    json_excerpt(other)
-                ),
+                msg: format!("amd-smi --json prints an array of per-GPU objects, not {}", json_excerpt(other)),
             });
         }
     };
-    entries
-        .into_iter()
-        .enumerate()
-        .map(|(position, entry)| parse_entry(position, entry))
-        .collect()
+    entries.into_iter().enumerate().map(|(position, entry)| parse_entry(position, entry)).collect()
 }
 
 /// The value at a `/`-separated path of object keys.
@@ -135,19 +128,11 @@ fn first_measure<T>(
 
 /// Error for an unreadable JSON value at `path`.
 fn invalid(device: &str, path: &str, raw: &Value) -> GpuParseError {
-    GpuParseError::InvalidValue {
-        device: device.to_owned(),
-        field: path.to_owned(),
-        value: json_excerpt(raw),
-    }
+    GpuParseError::InvalidValue { device: device.to_owned(), field: path.to_owned(), value: json_excerpt(raw) }
 }
 
 /// The first of `paths` holding available text.
-fn first_text(
-    entry: &Map<String, Value>,
-    device: &str,
-    paths: &[&str],
-) -> Result<Option<String>, GpuParseError> {
+fn first_text(entry: &Map<String, Value>, device: &str, paths: &[&str]) -> Result<Option<String>, GpuParseError> {
     for path in paths {
         let Some(raw) = at(entry, path) else { continue };
         let text = scalar_text(raw).map_err(|BadValue| GpuParseError::InvalidValue {
@@ -166,10 +151,7 @@ fn first_text(
 fn parse_entry(position: usize, entry: &Value) -> Result<GpuSample, GpuParseError> {
     let Value::Object(entry) = entry else {
         return Err(GpuParseError::UnexpectedShape {
-            msg: format!(
-                "GPU entry {position} is not an object: {}",
-                json_excerpt(entry)
-            ),
+            msg: format!("GPU entry {position} is not an object: {}", json_excerpt(entry)),
         });
     };
     let device = format!("gpu entry {position}");
@@ -185,32 +167,17 @@ fn parse_entry(position: usize, entry: &Value) -> Result<GpuSample, GpuParseErro
     sample.uuid = first_text(entry, &device, &["uuid"])?;
     sample.driver_version = first_text(entry, &device, &["driver/version"])?;
     let mib = |v: &str| values::mebibytes(v, Some("MiB"));
-    sample.vram_total_mib = first_measure(
-        entry,
-        &device,
-        &["mem_usage/total_vram", "vram/size"],
-        true,
-        mib,
-    )?;
+    sample.vram_total_mib = first_measure(entry, &device, &["mem_usage/total_vram", "vram/size"], true, mib)?;
     sample.vram_used_mib = first_measure(entry, &device, &["mem_usage/used_vram"], true, mib)?;
-    sample.utilization_pct = first_measure(entry, &device, &["usage/gfx_activity"], false, |v| {
-        values::non_negative(v, &["%"])
+    sample.utilization_pct =
+        first_measure(entry, &device, &["usage/gfx_activity"], false, |v| values::non_negative(v, &["%"]))?;
+    sample.temperature_c = first_measure(entry, &device, &["temperature/edge", "temperature/hotspot"], false, |v| {
+        values::real(v, &["C", "°C"])
     })?;
-    sample.temperature_c = first_measure(
-        entry,
-        &device,
-        &["temperature/edge", "temperature/hotspot"],
-        false,
-        |v| values::real(v, &["C", "°C"]),
-    )?;
     sample.power_w = first_measure(
         entry,
         &device,
-        &[
-            "power/socket_power",
-            "power/current_socket_power",
-            "power/average_socket_power",
-        ],
+        &["power/socket_power", "power/current_socket_power", "power/average_socket_power"],
         false,
         |v| values::non_negative(v, &["W"]),
     )?;

@@ -43,23 +43,15 @@ pub(crate) fn nvidia_banner(text: &str) -> Option<GpuParseError> {
     let text = text.get(..end).unwrap_or("");
     // Cheap pre-filter (std's optimised search): every banner names one of these.
     let lower = text.to_ascii_lowercase();
-    if !["nvidia-smi", "devices", "nvml"]
-        .iter()
-        .any(|needle| lower.contains(needle))
-    {
+    if !["nvidia-smi", "devices", "nvml"].iter().any(|needle| lower.contains(needle)) {
         return None;
     }
     let normalised = normalise(text);
-    if normalised
-        .contains("nvidia-smi has failed because it couldn't communicate with the nvidia driver")
-    {
+    if normalised.contains("nvidia-smi has failed because it couldn't communicate with the nvidia driver") {
         return Some(GpuParseError::DriverUnreachable);
     }
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    if lines
-        .iter()
-        .any(|l| normalise(l).trim_end_matches('.') == "no devices were found")
-    {
+    if lines.iter().any(|l| normalise(l).trim_end_matches('.') == "no devices were found") {
         return Some(GpuParseError::NoDevices);
     }
     const NVML_INIT: &str = "failed to initialize nvml:";
@@ -78,10 +70,7 @@ pub(crate) fn nvidia_banner(text: &str) -> Option<GpuParseError> {
                 .then(|| l.get(VERSION.len()..).unwrap_or("").trim().to_owned())
                 .filter(|v| !v.is_empty())
         });
-        return Some(GpuParseError::NvmlInit {
-            detail,
-            library_version,
-        });
+        return Some(GpuParseError::NvmlInit { detail, library_version });
     }
     None
 }
@@ -92,10 +81,7 @@ mod tests {
 
     #[test]
     fn normalise_collapses_and_maps_quotes() {
-        assert_eq!(
-            normalise("  Couldn\u{2019}t\n\n  Talk\t"),
-            "couldn't talk".to_owned()
-        );
+        assert_eq!(normalise("  Couldn\u{2019}t\n\n  Talk\t"), "couldn't talk".to_owned());
     }
 
     #[test]

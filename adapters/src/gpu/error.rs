@@ -19,9 +19,7 @@ pub enum GpuParseError {
         limit: usize,
     },
     /// `nvidia-smi` could not talk to the kernel driver (driver not loaded, not installed, or crashed).
-    #[error(
-        "nvidia-smi could not communicate with the NVIDIA driver: make sure the driver is installed and loaded"
-    )]
+    #[error("nvidia-smi could not communicate with the NVIDIA driver: make sure the driver is installed and loaded")]
     DriverUnreachable,
     /// The tool found no GPU.
     #[error("the GPU tool reported that no devices were found")]
@@ -36,9 +34,7 @@ pub enum GpuParseError {
         library_version: Option<String>,
     },
     /// `rocm-smi --json` had nothing to report for the requested fields.
-    #[error(
-        "rocm-smi printed 'No JSON data to report' instead of JSON: the requested fields are not available"
-    )]
+    #[error("rocm-smi printed 'No JSON data to report' instead of JSON: the requested fields are not available")]
     NoJsonData,
     /// A JSON document followed by stray text (e.g. a status line printed on the same stdout).
     #[error("text after the JSON document, at line {line}: {text:?}")]

@@ -39,12 +39,8 @@ impl JsonDocError {
 impl From<JsonDocError> for super::GpuParseError {
     fn from(e: JsonDocError) -> Self {
         match e {
-            JsonDocError::Trailing { line, text } => {
-                super::GpuParseError::TrailingGarbage { line, text }
-            }
-            other => super::GpuParseError::Json {
-                msg: other.describe(),
-            },
+            JsonDocError::Trailing { line, text } => super::GpuParseError::TrailingGarbage { line, text },
+            other => super::GpuParseError::Json { msg: other.describe() },
         }
     }
 }
@@ -70,37 +66,23 @@ pub(crate) fn read_json_document(text: &str) -> Result<Value, JsonDocError> {
     let trimmed = text.trim_start();
     if !trimmed.starts_with(['{', '[']) {
         let first_line = trimmed.lines().next().unwrap_or("").trim();
-        return Err(JsonDocError::NotJson {
-            first_line: excerpt(first_line),
-        });
+        return Err(JsonDocError::NotJson { first_line: excerpt(first_line) });
     }
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
     let value = match stream.next() {
         Some(Ok(value)) => value,
         Some(Err(e)) => return Err(JsonDocError::Invalid { msg: e.to_string() }),
         None => {
-            return Err(JsonDocError::Invalid {
-                msg: "no JSON value".to_owned(),
-            });
+            return Err(JsonDocError::Invalid { msg: "no JSON value".to_owned() });
         }
     };
     let offset = stream.byte_offset();
     let rest = text.get(offset..).unwrap_or("");
     if let Some(stray_at) = rest.find(|c: char| !c.is_whitespace()) {
         let consumed = text.len() - rest.len() + stray_at;
-        let line = text
-            .get(..consumed)
-            .map_or(0, |before| before.matches('\n').count())
-            + 1;
-        let stray_line = rest
-            .get(stray_at..)
-            .and_then(|s| s.lines().next())
-            .unwrap_or("")
-            .trim();
-        return Err(JsonDocError::Trailing {
-            line,
-            text: excerpt(stray_line),
-        });
+        let line = text.get(..consumed).map_or(0, |before| before.matches('\n').count()) + 1;
+        let stray_line = rest.get(stray_at..).and_then(|s| s.lines().next()).unwrap_or("").trim();
+        return Err(JsonDocError::Trailing { line, text: excerpt(stray_line) });
     }
     Ok(value)
 }
@@ -111,41 +93,23 @@ mod tests {
 
     #[test]
     fn one_document() {
-        assert_eq!(
-            read_json_document(" \n{\"a\": 1}\n\n"),
-            Ok(serde_json::json!({"a": 1}))
-        );
+        assert_eq!(read_json_document(" \n{\"a\": 1}\n\n"), Ok(serde_json::json!({"a": 1})));
     }
 
     #[test]
     fn trailing_line_is_named() {
         assert_eq!(
             read_json_document("[1,\n2]\nMachine ID 24126 not found or not rentable.\n"),
-            Err(JsonDocError::Trailing {
-                line: 3,
-                text: "Machine ID 24126 not found or not rentable.".to_owned()
-            })
+            Err(JsonDocError::Trailing { line: 3, text: "Machine ID 24126 not found or not rentable.".to_owned() })
         );
-        assert!(matches!(
-            read_json_document("{} {}"),
-            Err(JsonDocError::Trailing { line: 1, .. })
-        ));
+        assert!(matches!(read_json_document("{} {}"), Err(JsonDocError::Trailing { line: 1, .. })));
     }
 
     #[test]
     fn not_json_and_invalid() {
-        assert!(matches!(
-            read_json_document("WARNING: No JSON data to report"),
-            Err(JsonDocError::NotJson { .. })
-        ));
-        assert!(matches!(
-            read_json_document("{\"a\": "),
-            Err(JsonDocError::Invalid { .. })
-        ));
+        assert!(matches!(read_json_document("WARNING: No JSON data to report"), Err(JsonDocError::NotJson { .. })));
+        assert!(matches!(read_json_document("{\"a\": "), Err(JsonDocError::Invalid { .. })));
         let deep = "[".repeat(10_000);
-        assert!(matches!(
-            read_json_document(&deep),
-            Err(JsonDocError::Invalid { .. })
-        ));
+        assert!(matches!(read_json_document(&deep), Err(JsonDocError::Invalid { .. })));
     }
 }

@@ -205,10 +205,7 @@ pub fn parse(format: GpuFormat, text: &str) -> Result<Vec<GpuSample>, GpuParseEr
 /// write one), refuse input that is only whitespace.
 pub(crate) fn prepare_input(text: &str) -> Result<&str, GpuParseError> {
     if text.len() > MAX_INPUT_BYTES {
-        return Err(GpuParseError::TooLarge {
-            len: text.len(),
-            limit: MAX_INPUT_BYTES,
-        });
+        return Err(GpuParseError::TooLarge { len: text.len(), limit: MAX_INPUT_BYTES });
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {

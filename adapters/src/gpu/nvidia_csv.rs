@@ -75,11 +75,7 @@ struct Column {
 impl Column {
     fn new(label: &str) -> Self {
         let (name, unit) = split_header(label);
-        Column {
-            label: label.to_owned(),
-            unit: unit.map(str::to_owned),
-            field: field_for(&name.to_ascii_lowercase()),
-        }
+        Column { label: label.to_owned(), unit: unit.map(str::to_owned), field: field_for(&name.to_ascii_lowercase()) }
     }
 }
 
@@ -117,19 +113,13 @@ fn is_header(record: &StringRecord) -> bool {
 /// Parse `nvidia-smi --query-gpu` CSV. `query` names the columns of header-less output
 /// (`--format=csv,noheader`); `None` means [`NVIDIA_QUERY`]. When the output has a header, the header
 /// is used and `query` is ignored.
-pub fn parse_nvidia_csv(
-    text: &str,
-    query: Option<&[&str]>,
-) -> Result<Vec<GpuSample>, GpuParseError> {
+pub fn parse_nvidia_csv(text: &str, query: Option<&[&str]>) -> Result<Vec<GpuSample>, GpuParseError> {
     let text = prepare_input(text)?;
     if let Some(banner) = banner::nvidia_banner(text) {
         return Err(banner);
     }
-    let mut reader = ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(Trim::All)
-        .from_reader(text.as_bytes());
+    let mut reader =
+        ReaderBuilder::new().has_headers(false).flexible(true).trim(Trim::All).from_reader(text.as_bytes());
     let mut columns: Option<Vec<Column>> = None;
     let mut samples = Vec::new();
     for record in reader.records() {
@@ -148,16 +138,10 @@ pub fn parse_nvidia_csv(
                 let cols: Vec<Column> = if header {
                     record.iter().map(Column::new).collect()
                 } else {
-                    query
-                        .unwrap_or(NVIDIA_QUERY)
-                        .iter()
-                        .map(|q| Column::new(q))
-                        .collect()
+                    query.unwrap_or(NVIDIA_QUERY).iter().map(|q| Column::new(q)).collect()
                 };
                 if cols.iter().all(|c| c.field.is_none()) {
-                    return Err(GpuParseError::UnknownColumns {
-                        columns: cols.into_iter().map(|c| c.label).collect(),
-                    });
+                    return Err(GpuParseError::UnknownColumns { columns: cols.into_iter().map(|c| c.label).collect() });
                 }
                 let cols = columns.insert(cols);
                 if header {
@@ -172,21 +156,12 @@ pub fn parse_nvidia_csv(
 }
 
 /// One data row → one sample.
-fn parse_row(
-    record: &StringRecord,
-    columns: &[Column],
-    line: u64,
-) -> Result<GpuSample, GpuParseError> {
+fn parse_row(record: &StringRecord, columns: &[Column], line: u64) -> Result<GpuSample, GpuParseError> {
     if record.len() != columns.len() {
         let names: Vec<&str> = columns.iter().map(|c| c.label.as_str()).collect();
         return Err(GpuParseError::Csv {
             line,
-            msg: format!(
-                "expected {} columns ({}), found {}",
-                columns.len(),
-                names.join(", "),
-                record.len()
-            ),
+            msg: format!("expected {} columns ({}), found {}", columns.len(), names.join(", "), record.len()),
         });
     }
     let mut sample = GpuSample::empty(Vendor::Nvidia);
@@ -197,11 +172,7 @@ fn parse_row(
         let Some(field) = column.field else { continue };
         let bad = |what: &str| GpuParseError::Csv {
             line,
-            msg: format!(
-                "column {:?}: cannot read {:?} as {what}",
-                column.label,
-                excerpt(value)
-            ),
+            msg: format!("column {:?}: cannot read {:?} as {what}", column.label, excerpt(value)),
         };
         match field {
             Field::Index => {
@@ -221,16 +192,14 @@ fn parse_row(
                     .map_err(|BadValue| bad("an amount of memory in MiB"))?;
             }
             Field::Utilization => {
-                sample.utilization_pct =
-                    values::non_negative(value, &["%"]).map_err(|BadValue| bad("a percentage"))?;
+                sample.utilization_pct = values::non_negative(value, &["%"]).map_err(|BadValue| bad("a percentage"))?;
             }
             Field::Temperature => {
-                sample.temperature_c = values::real(value, &["C"])
-                    .map_err(|BadValue| bad("a temperature in degrees C"))?;
+                sample.temperature_c =
+                    values::real(value, &["C"]).map_err(|BadValue| bad("a temperature in degrees C"))?;
             }
             Field::Power(rank) => {
-                let watts = values::non_negative(value, &["W"])
-                    .map_err(|BadValue| bad("a power draw in W"))?;
+                let watts = values::non_negative(value, &["W"]).map_err(|BadValue| bad("a power draw in W"))?;
                 if let Some(watts) = watts
                     && power.is_none_or(|(best, _)| rank < best)
                 {
@@ -241,11 +210,7 @@ fn parse_row(
     }
     sample.power_w = power.map(|(_, watts)| watts);
     if mig_current.is_some() || mig_pending.is_some() {
-        sample.mig = Some(MigInfo {
-            mode: mig_current,
-            pending_mode: mig_pending,
-            devices: Vec::new(),
-        });
+        sample.mig = Some(MigInfo { mode: mig_current, pending_mode: mig_pending, devices: Vec::new() });
     }
     sample.virtualization = grid_marker(sample.name.as_deref());
     Ok(sample)
@@ -254,8 +219,7 @@ fn parse_row(
 /// NVIDIA names the virtual GPUs of its vGPU (formerly GRID) software `GRID <board>-<profile>`
 /// (`GRID P4-1Q`); a guest that sees such a device is a vGPU guest even when no mode is reported.
 pub(crate) fn grid_marker(name: Option<&str>) -> Option<String> {
-    name.filter(|n| n.starts_with("GRID "))
-        .map(|_| "VGPU".to_owned())
+    name.filter(|n| n.starts_with("GRID ")).map(|_| "VGPU".to_owned())
 }
 
 #[cfg(test)]
@@ -274,10 +238,7 @@ mod tests {
 
     #[test]
     fn split_header_units() {
-        assert_eq!(
-            split_header("memory.used [MiB]"),
-            ("memory.used", Some("MiB"))
-        );
+        assert_eq!(split_header("memory.used [MiB]"), ("memory.used", Some("MiB")));
         assert_eq!(split_header("temperature.gpu"), ("temperature.gpu", None));
         assert_eq!(split_header("x []"), ("x []", None));
     }

@@ -70,26 +70,16 @@ fn read_tree(text: &str) -> Result<Element, GpuParseError> {
         let event = reader.read_event().map_err(|e| xml_err(&reader, &e))?;
         match event {
             Event::Start(_) | Event::Empty(_) if root.is_some() => {
-                return Err(GpuParseError::Xml {
-                    msg: "more than one root element".to_owned(),
-                });
+                return Err(GpuParseError::Xml { msg: "more than one root element".to_owned() });
             }
             Event::Start(start) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(GpuParseError::Xml {
-                        msg: format!("elements nested deeper than {MAX_DEPTH} levels"),
-                    });
+                    return Err(GpuParseError::Xml { msg: format!("elements nested deeper than {MAX_DEPTH} levels") });
                 }
-                stack.push(Element {
-                    name: start.name().into_inner().to_owned(),
-                    ..Element::default()
-                });
+                stack.push(Element { name: start.name().into_inner().to_owned(), ..Element::default() });
             }
             Event::Empty(start) => {
-                let element = Element {
-                    name: start.name().into_inner().to_owned(),
-                    ..Element::default()
-                };
+                let element = Element { name: start.name().into_inner().to_owned(), ..Element::default() };
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(element),
                     None => root = Some(element),
@@ -98,9 +88,7 @@ fn read_tree(text: &str) -> Result<Element, GpuParseError> {
             Event::End(_) => {
                 // quick-xml checks that end names match their start tags.
                 let Some(element) = stack.pop() else {
-                    return Err(GpuParseError::Xml {
-                        msg: "closing tag without an opening tag".to_owned(),
-                    });
+                    return Err(GpuParseError::Xml { msg: "closing tag without an opening tag".to_owned() });
                 };
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(element),
@@ -114,10 +102,7 @@ fn read_tree(text: &str) -> Result<Element, GpuParseError> {
                     None if content.trim().is_empty() => {}
                     None => {
                         return Err(GpuParseError::Xml {
-                            msg: format!(
-                                "text outside the root element: {:?}",
-                                excerpt(content.trim())
-                            ),
+                            msg: format!("text outside the root element: {:?}", excerpt(content.trim())),
                         });
                     }
                 }
@@ -130,11 +115,11 @@ fn read_tree(text: &str) -> Result<Element, GpuParseError> {
             Event::GeneralRef(r) => {
                 let resolved = match r.resolve_char_ref() {
                     Ok(Some(c)) => c.to_string(),
-                    Ok(None) => quick_xml::escape::resolve_predefined_entity(&r.xml10_content())
-                        .map(str::to_owned)
-                        .ok_or_else(|| GpuParseError::Xml {
-                            msg: format!("unknown entity &{};", excerpt(&r.xml10_content())),
-                        })?,
+                    Ok(None) => {
+                        quick_xml::escape::resolve_predefined_entity(&r.xml10_content()).map(str::to_owned).ok_or_else(
+                            || GpuParseError::Xml { msg: format!("unknown entity &{};", excerpt(&r.xml10_content())) },
+                        )?
+                    }
                     Err(e) => return Err(xml_err(&reader, &e)),
                 };
                 if let Some(el) = stack.last_mut() {
@@ -147,15 +132,10 @@ fn read_tree(text: &str) -> Result<Element, GpuParseError> {
     }
     if let Some(open) = stack.last() {
         return Err(GpuParseError::Xml {
-            msg: format!(
-                "document ends inside <{}>: the capture is truncated",
-                open.name
-            ),
+            msg: format!("document ends inside <{}>: the capture is truncated", open.name),
         });
     }
-    root.ok_or_else(|| GpuParseError::Xml {
-        msg: "no root element".to_owned(),
-    })
+    root.ok_or_else(|| GpuParseError::Xml { msg: "no root element".to_owned() })
 }
 
 /// Parse `nvidia-smi -q -x` output.
@@ -184,11 +164,7 @@ pub fn parse_nvidia_xml(text: &str) -> Result<Vec<GpuSample>, GpuParseError> {
 
 /// Error for an unreadable value of `field` on `device`.
 fn invalid(device: &str, field: &str, value: &str) -> GpuParseError {
-    GpuParseError::InvalidValue {
-        device: device.to_owned(),
-        field: field.to_owned(),
-        value: excerpt(value.trim()),
-    }
+    GpuParseError::InvalidValue { device: device.to_owned(), field: field.to_owned(), value: excerpt(value.trim()) }
 }
 
 /// Memory in MiB at `path`, `None` when absent or unavailable.
@@ -208,11 +184,7 @@ fn count_at(el: &Element, path: &str, device: &str) -> Result<Option<u32>, GpuPa
 }
 
 /// One `<gpu>` element → one sample.
-fn parse_gpu(
-    gpu: &Element,
-    position: usize,
-    driver_version: Option<String>,
-) -> Result<GpuSample, GpuParseError> {
+fn parse_gpu(gpu: &Element, position: usize, driver_version: Option<String>) -> Result<GpuSample, GpuParseError> {
     let device = format!("gpu {position}");
     let mut sample = GpuSample::empty(Vendor::Nvidia);
     sample.index = u32::try_from(position).ok();
@@ -222,12 +194,12 @@ fn parse_gpu(
     sample.vram_total_mib = mib_at(gpu, "fb_memory_usage/total", &device)?;
     sample.vram_used_mib = mib_at(gpu, "fb_memory_usage/used", &device)?;
     if let Some(v) = gpu.text_at("utilization/gpu_util") {
-        sample.utilization_pct = values::non_negative(v, &["%"])
-            .map_err(|BadValue| invalid(&device, "utilization/gpu_util", v))?;
+        sample.utilization_pct =
+            values::non_negative(v, &["%"]).map_err(|BadValue| invalid(&device, "utilization/gpu_util", v))?;
     }
     if let Some(v) = gpu.text_at("temperature/gpu_temp") {
-        sample.temperature_c = values::real(v, &["C"])
-            .map_err(|BadValue| invalid(&device, "temperature/gpu_temp", v))?;
+        sample.temperature_c =
+            values::real(v, &["C"]).map_err(|BadValue| invalid(&device, "temperature/gpu_temp", v))?;
     }
     const POWER_PATHS: [&str; 6] = [
         "power_readings/power_draw",
@@ -239,8 +211,7 @@ fn parse_gpu(
     ];
     for path in POWER_PATHS {
         let Some(v) = gpu.text_at(path) else { continue };
-        let watts =
-            values::non_negative(v, &["W"]).map_err(|BadValue| invalid(&device, path, v))?;
+        let watts = values::non_negative(v, &["W"]).map_err(|BadValue| invalid(&device, path, v))?;
         if watts.is_some() {
             sample.power_w = watts;
             break;
@@ -267,11 +238,7 @@ fn parse_mig(gpu: &Element, device: &str) -> Result<Option<MigInfo>, GpuParseErr
                 index: count_at(mig, "index", &device)?,
                 gpu_instance_id: count_at(mig, "gpu_instance_id", &device)?,
                 compute_instance_id: count_at(mig, "compute_instance_id", &device)?,
-                multiprocessor_count: count_at(
-                    mig,
-                    "device_attributes/shared/multiprocessor_count",
-                    &device,
-                )?,
+                multiprocessor_count: count_at(mig, "device_attributes/shared/multiprocessor_count", &device)?,
                 vram_total_mib: mib_at(mig, "fb_memory_usage/total", &device)?,
                 vram_used_mib: mib_at(mig, "fb_memory_usage/used", &device)?,
             });
@@ -280,9 +247,5 @@ fn parse_mig(gpu: &Element, device: &str) -> Result<Option<MigInfo>, GpuParseErr
     if mode.is_none() && pending_mode.is_none() && devices.is_empty() {
         return Ok(None);
     }
-    Ok(Some(MigInfo {
-        mode,
-        pending_mode,
-        devices,
-    }))
+    Ok(Some(MigInfo { mode, pending_mode, devices }))
 }

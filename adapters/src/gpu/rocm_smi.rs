@@ -14,14 +14,8 @@ use super::values::{self, BadValue};
 use super::{GpuParseError, GpuSample, Vendor, prepare_input, read_json_document};
 
 /// Keys that may hold the product name, best first.
-const NAME_KEYS: [&str; 6] = [
-    "Card Series",
-    "Card series",
-    "Marketing Name",
-    "Device Name",
-    "Card Model",
-    "Card model",
-];
+const NAME_KEYS: [&str; 6] =
+    ["Card Series", "Card series", "Marketing Name", "Device Name", "Card Model", "Card model"];
 /// Keys of the VRAM size in bytes.
 const VRAM_TOTAL_KEYS: [&str; 1] = ["VRAM Total Memory (B)"];
 /// Keys of the VRAM in use in bytes.
@@ -29,10 +23,7 @@ const VRAM_USED_KEYS: [&str; 1] = ["VRAM Total Used Memory (B)"];
 /// Keys of the GPU utilisation in percent.
 const UTILIZATION_KEYS: [&str; 2] = ["GPU use (%)", "GPU Use (%)"];
 /// Temperature keys, best first: edge is the board-level reading; MI300-class parts only have junction.
-const TEMPERATURE_KEYS: [&str; 2] = [
-    "Temperature (Sensor edge) (C)",
-    "Temperature (Sensor junction) (C)",
-];
+const TEMPERATURE_KEYS: [&str; 2] = ["Temperature (Sensor edge) (C)", "Temperature (Sensor junction) (C)"];
 /// Power keys: ROCm ≤ 6.0 reports an average, 6.1+ the current socket power.
 const POWER_KEYS: [&str; 3] = [
     "Average Graphics Package Power (W)",
@@ -45,17 +36,14 @@ pub fn parse_rocm_smi(text: &str) -> Result<Vec<GpuSample>, GpuParseError> {
     let text = prepare_input(text)?;
     let document = match read_json_document(text) {
         Ok(document) => document,
-        Err(super::JsonDocError::NotJson { .. })
-            if text.to_ascii_lowercase().contains("no json data to report") =>
-        {
+        Err(super::JsonDocError::NotJson { .. }) if text.to_ascii_lowercase().contains("no json data to report") => {
             return Err(GpuParseError::NoJsonData);
         }
         Err(e) => return Err(e.into()),
     };
     let Value::Object(top) = document else {
         return Err(GpuParseError::UnexpectedShape {
-            msg: "rocm-smi --json prints an object of cardN entries; this is not an object"
-                .to_owned(),
+            msg: "rocm-smi --json prints an object of cardN entries; this is not an object".to_owned(),
         });
     };
     let driver_version = match top.get("system") {
@@ -70,33 +58,23 @@ pub fn parse_rocm_smi(text: &str) -> Result<Vec<GpuSample>, GpuParseError> {
         if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        let index = number
-            .parse::<u32>()
-            .map_err(|_| GpuParseError::UnexpectedShape {
-                msg: format!("card key {key:?} has a card number out of range"),
-            })?;
+        let index = number.parse::<u32>().map_err(|_| GpuParseError::UnexpectedShape {
+            msg: format!("card key {key:?} has a card number out of range"),
+        })?;
         cards.push((index, key, value));
     }
     if cards.is_empty() {
         return Err(GpuParseError::UnexpectedShape {
-            msg: "no cardN entries: this is not rocm-smi --json output, or it lists no GPU"
-                .to_owned(),
+            msg: "no cardN entries: this is not rocm-smi --json output, or it lists no GPU".to_owned(),
         });
     }
     // The object's keys sort as text (card10 before card2); order by card number.
     cards.sort_by_key(|(index, _, _)| *index);
-    cards
-        .into_iter()
-        .map(|(index, key, value)| parse_card(index, key, value, driver_version.clone()))
-        .collect()
+    cards.into_iter().map(|(index, key, value)| parse_card(index, key, value, driver_version.clone())).collect()
 }
 
 /// The text of the first of `keys` present in `card`, or `None` when absent or unavailable.
-fn text_of(
-    card: &Map<String, Value>,
-    device: &str,
-    keys: &[&str],
-) -> Result<Option<String>, GpuParseError> {
+fn text_of(card: &Map<String, Value>, device: &str, keys: &[&str]) -> Result<Option<String>, GpuParseError> {
     for key in keys {
         let Some(raw) = card.get(*key) else { continue };
         let text = scalar_text(raw).map_err(|BadValue| GpuParseError::InvalidValue {
@@ -149,9 +127,7 @@ fn parse_card(
     driver_version: Option<String>,
 ) -> Result<GpuSample, GpuParseError> {
     let Value::Object(card) = value else {
-        return Err(GpuParseError::UnexpectedShape {
-            msg: format!("{key} is not an object: {}", json_excerpt(value)),
-        });
+        return Err(GpuParseError::UnexpectedShape { msg: format!("{key} is not an object: {}", json_excerpt(value)) });
     };
     let mut sample = GpuSample::empty(Vendor::Amd);
     sample.index = Some(index);
@@ -165,15 +141,9 @@ fn parse_card(
         }
     }
     sample.uuid = text_of(card, key, &["Unique ID"])?;
-    sample.vram_total_mib = reading(card, key, &VRAM_TOTAL_KEYS, |v| {
-        values::mebibytes(v, Some("B"))
-    })?;
-    sample.vram_used_mib = reading(card, key, &VRAM_USED_KEYS, |v| {
-        values::mebibytes(v, Some("B"))
-    })?;
-    sample.utilization_pct = reading(card, key, &UTILIZATION_KEYS, |v| {
-        values::non_negative(v, &["%"])
-    })?;
+    sample.vram_total_mib = reading(card, key, &VRAM_TOTAL_KEYS, |v| values::mebibytes(v, Some("B")))?;
+    sample.vram_used_mib = reading(card, key, &VRAM_USED_KEYS, |v| values::mebibytes(v, Some("B")))?;
+    sample.utilization_pct = reading(card, key, &UTILIZATION_KEYS, |v| values::non_negative(v, &["%"]))?;
     sample.temperature_c = reading(card, key, &TEMPERATURE_KEYS, |v| values::real(v, &["C"]))?;
     sample.power_w = reading(card, key, &POWER_KEYS, |v| values::non_negative(v, &["W"]))?;
     Ok(sample)
@@ -193,12 +163,10 @@ mod tests {
 
     #[test]
     fn cards_sort_numerically_and_system_is_ignored() {
-        let text = r#"{"card10": {"GPU use (%)": "5"}, "card2": {"GPU use (%)": "7"}, "system": {"Driver version": "6.2.4"}}"#;
+        let text =
+            r#"{"card10": {"GPU use (%)": "5"}, "card2": {"GPU use (%)": "7"}, "system": {"Driver version": "6.2.4"}}"#;
         let samples = parse_rocm_smi(text).unwrap();
-        let order: Vec<_> = samples
-            .iter()
-            .map(|s| (s.index, s.utilization_pct))
-            .collect();
+        let order: Vec<_> = samples.iter().map(|s| (s.index, s.utilization_pct)).collect();
         assert_eq!(order, vec![(Some(2), Some(7.0)), (Some(10), Some(5.0))]);
         assert_eq!(samples[0].driver_version.as_deref(), Some("6.2.4"));
     }

@@ -26,20 +26,14 @@ pub fn parse_system_profiler(text: &str) -> Result<Vec<GpuSample>, GpuParseError
     };
     let Value::Array(entries) = entries else {
         return Err(GpuParseError::UnexpectedShape {
-            msg: format!(
-                "SPDisplaysDataType is not an array: {}",
-                json_excerpt(entries)
-            ),
+            msg: format!("SPDisplaysDataType is not an array: {}", json_excerpt(entries)),
         });
     };
     let mut samples = Vec::new();
     for (position, entry) in entries.iter().enumerate() {
         let Value::Object(entry) = entry else {
             return Err(GpuParseError::UnexpectedShape {
-                msg: format!(
-                    "SPDisplaysDataType entry {position} is not an object: {}",
-                    json_excerpt(entry)
-                ),
+                msg: format!("SPDisplaysDataType entry {position} is not an object: {}", json_excerpt(entry)),
             });
         };
         let device = format!("SPDisplaysDataType entry {position}");
@@ -62,8 +56,7 @@ pub fn parse_system_profiler(text: &str) -> Result<Vec<GpuSample>, GpuParseError
         });
         for key in ["spdisplays_vram", "_spdisplays_vram"] {
             if let Some(vram) = text_of(entry, &device, key)? {
-                sample.vram_total_mib =
-                    vram_mib(&vram).map_err(|BadValue| invalid(&device, key, &vram))?;
+                sample.vram_total_mib = vram_mib(&vram).map_err(|BadValue| invalid(&device, key, &vram))?;
                 break;
             }
         }
@@ -73,11 +66,7 @@ pub fn parse_system_profiler(text: &str) -> Result<Vec<GpuSample>, GpuParseError
 }
 
 /// The text of `key`, `None` when absent or unavailable.
-fn text_of(
-    entry: &Map<String, Value>,
-    device: &str,
-    key: &str,
-) -> Result<Option<String>, GpuParseError> {
+fn text_of(entry: &Map<String, Value>, device: &str, key: &str) -> Result<Option<String>, GpuParseError> {
     let Some(raw) = entry.get(key) else {
         return Ok(None);
     };
@@ -91,11 +80,7 @@ fn text_of(
 
 /// Error for an unreadable value of `key`.
 fn invalid(device: &str, key: &str, value: &str) -> GpuParseError {
-    GpuParseError::InvalidValue {
-        device: device.to_owned(),
-        field: key.to_owned(),
-        value: excerpt(value),
-    }
+    GpuParseError::InvalidValue { device: device.to_owned(), field: key.to_owned(), value: excerpt(value) }
 }
 
 /// `"8 GB"` / `"1536 MB"` → MiB. macOS writes binary sizes with decimal unit names.
@@ -117,11 +102,7 @@ fn vendor(raw: Option<String>) -> Vendor {
     let Some(raw) = raw else { return Vendor::Other };
     let lower = raw.to_ascii_lowercase();
     // Compare whole words: "ati" is also inside "Corporation".
-    let has = |word: &str| {
-        lower
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|w| w == word)
-    };
+    let has = |word: &str| lower.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == word);
     if has("apple") {
         Vendor::Apple
     } else if has("nvidia") || has("0x10de") {
@@ -168,20 +149,10 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_errors() {
+        assert_eq!(parse_system_profiler("{}").unwrap_err().code(), "unexpected_shape");
+        assert_eq!(parse_system_profiler(r#"{"SPDisplaysDataType": 3}"#).unwrap_err().code(), "unexpected_shape");
         assert_eq!(
-            parse_system_profiler("{}").unwrap_err().code(),
-            "unexpected_shape"
-        );
-        assert_eq!(
-            parse_system_profiler(r#"{"SPDisplaysDataType": 3}"#)
-                .unwrap_err()
-                .code(),
-            "unexpected_shape"
-        );
-        assert_eq!(
-            parse_system_profiler(r#"{"SPDisplaysDataType": [{"spdisplays_vram": "lots"}]}"#)
-                .unwrap_err()
-                .code(),
+            parse_system_profiler(r#"{"SPDisplaysDataType": [{"spdisplays_vram": "lots"}]}"#).unwrap_err().code(),
             "invalid_value"
         );
     }

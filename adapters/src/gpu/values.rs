@@ -33,11 +33,7 @@ pub(crate) fn is_unavailable(value: &str) -> bool {
 
 /// A text value, trimmed, or `None` when the tool said it is unavailable.
 pub(crate) fn text(value: &str) -> Option<String> {
-    if is_unavailable(value) {
-        None
-    } else {
-        Some(value.trim().to_owned())
-    }
+    if is_unavailable(value) { None } else { Some(value.trim().to_owned()) }
 }
 
 /// Split `"8192 MiB"` into `("8192", "MiB")`, `"53%"` into `("53", "%")`, `"45.0"` into `("45.0", "")`.
@@ -74,11 +70,7 @@ fn decimal(number: &str) -> Result<f64, BadValue> {
         return Err(BadValue);
     }
     let parsed: f64 = number.parse().map_err(|_| BadValue)?;
-    if parsed.is_finite() {
-        Ok(parsed)
-    } else {
-        Err(BadValue)
-    }
+    if parsed.is_finite() { Ok(parsed) } else { Err(BadValue) }
 }
 
 /// A real-valued reading whose unit, if printed, is one of `accepted` (e.g. `["%"]`, `["W"]`,
@@ -125,11 +117,7 @@ pub(crate) fn mebibytes(value: &str, default_unit: Option<&str>) -> Result<Optio
         return Ok(None);
     }
     let (number, unit) = split_unit(value);
-    let unit = if unit.is_empty() {
-        default_unit.unwrap_or("MiB")
-    } else {
-        unit
-    };
+    let unit = if unit.is_empty() { default_unit.unwrap_or("MiB") } else { unit };
     let per_unit = match unit.to_ascii_lowercase().as_str() {
         "mib" => 1.0,
         "gib" => 1024.0,
@@ -143,11 +131,7 @@ pub(crate) fn mebibytes(value: &str, default_unit: Option<&str>) -> Result<Optio
             return Err(BadValue);
         }
         let n: u64 = number.parse().map_err(|_| BadValue)?;
-        return Ok(Some(if unit.eq_ignore_ascii_case("b") {
-            n / (1024 * 1024)
-        } else {
-            n
-        }));
+        return Ok(Some(if unit.eq_ignore_ascii_case("b") { n / (1024 * 1024) } else { n }));
     }
     let amount = decimal(number)? * per_unit;
     float_to_mib(amount).map(Some)
@@ -200,10 +184,7 @@ mod tests {
         assert_eq!(mebibytes("[N/A]", None), Ok(None));
         assert_eq!(mebibytes("-5 MiB", None), Err(BadValue));
         assert_eq!(mebibytes("12 W", None), Err(BadValue));
-        assert_eq!(
-            mebibytes("99999999999999999999999 MiB", None),
-            Err(BadValue)
-        );
+        assert_eq!(mebibytes("99999999999999999999999 MiB", None), Err(BadValue));
         assert_eq!(real("53 %", &["%"]), Ok(Some(53.0)));
         assert_eq!(real("53%", &["%"]), Ok(Some(53.0)));
         assert_eq!(real("123.00 W", &["W"]), Ok(Some(123.0)));

@@ -83,9 +83,7 @@ pub enum SshError {
     },
     /// The host presented a key that differs from the pinned or recorded one. Possible
     /// man-in-the-middle, or a reinstalled host: an operator must re-pin deliberately.
-    #[error(
-        "HOST KEY CHANGED for {host}: expected {expected}, server presented {found}; refusing to connect"
-    )]
+    #[error("HOST KEY CHANGED for {host}: expected {expected}, server presented {found}; refusing to connect")]
     HostKeyChanged {
         /// Host as looked up (`host` or `[host]:port`).
         host: String,
@@ -146,8 +144,9 @@ pub enum SshError {
         /// The command.
         command: String,
     },
-    /// The command did not finish within its timeout; the channel was closed. Whether the command
-    /// had an effect is unknown.
+    /// The command did not finish within its timeout; the channel was closed (and a kill signal
+    /// requested, which OpenSSH honours only for non-root logins). The command may still be running
+    /// on the host; whether it had an effect is unknown.
     #[error("command {command:?} on {target} timed out after {timeout:?}; channel closed")]
     CommandTimeout {
         /// The target.
@@ -182,9 +181,7 @@ pub enum SshError {
         waited: Duration,
     },
     /// Neither `nvidia-smi` nor `rocm-smi` exists on the host.
-    #[error(
-        "no GPU tool on {target}: nvidia-smi exit {nvidia_exit:?}, rocm-smi exit {rocm_exit:?}"
-    )]
+    #[error("no GPU tool on {target}: nvidia-smi exit {nvidia_exit:?}, rocm-smi exit {rocm_exit:?}")]
     NoGpuTool {
         /// The target.
         target: SshTarget,
@@ -274,9 +271,6 @@ impl SshError {
     /// True when a command may or may not have run to completion: the caller must not record it as
     /// completed or as failed.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(
-            self,
-            SshError::ConnectionLost { .. } | SshError::CommandTimeout { .. }
-        )
+        matches!(self, SshError::ConnectionLost { .. } | SshError::CommandTimeout { .. })
     }
 }

@@ -97,10 +97,7 @@ pub(crate) async fn run<H: russh::client::Handler>(
         Ok(Ok(channel)) => channel,
         // The server answered with a refusal: the connection itself is fine.
         Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
-            return Err(SshError::ChannelOpen {
-                target: target.clone(),
-                detail: format!("{reason:?}"),
-            });
+            return Err(SshError::ChannelOpen { target: target.clone(), detail: format!("{reason:?}") });
         }
         // Anything else means the session task is gone (disconnect, send failure).
         Ok(Err(_)) => return Err(lost(out)),
@@ -119,37 +116,31 @@ pub(crate) async fn run<H: russh::client::Handler>(
         let msg = match tokio::time::timeout_at(deadline, channel.wait()).await {
             Ok(msg) => msg,
             Err(_) => {
-                // Best effort: ask sshd to kill the command, then close our side. Either may fail
-                // if the server is wedged; the grace bound keeps the timeout honest.
+                // Best effort: ask sshd to kill the command, then close the channel. OpenSSH
+                // refuses signal requests for root logins (no privilege separation after auth)
+                // and does not kill a non-pty command when its channel closes, so the command
+                // may keep running remotely: the caller gets CommandTimeout = outcome unknown.
+                // The grace bound keeps a wedged server from stretching the timeout.
                 let _ = tokio::time::timeout(CLOSE_GRACE, channel.signal(Sig::KILL)).await;
                 let _ = tokio::time::timeout(CLOSE_GRACE, channel.close()).await;
                 return Err(timed_out(out));
             }
         };
         match msg {
-            Some(ChannelMsg::Data { data }) => append_capped(
-                &mut out.stdout,
-                &mut out.stdout_truncated,
-                &data,
-                limits.max_output_bytes,
-            ),
+            Some(ChannelMsg::Data { data }) => {
+                append_capped(&mut out.stdout, &mut out.stdout_truncated, &data, limits.max_output_bytes)
+            }
             // Extended data type 1 is stderr (RFC 4254 §5.2); no other type is defined.
-            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => append_capped(
-                &mut out.stderr,
-                &mut out.stderr_truncated,
-                &data,
-                limits.max_output_bytes,
-            ),
+            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                append_capped(&mut out.stderr, &mut out.stderr_truncated, &data, limits.max_output_bytes)
+            }
             Some(ChannelMsg::ExitStatus { exit_status }) => out.exit_status = Some(exit_status),
             Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                 out.exit_signal = Some(signal_label(&signal_name));
             }
             Some(ChannelMsg::Failure) => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, channel.close()).await;
-                return Err(SshError::ExecRejected {
-                    target: target.clone(),
-                    command: command.to_owned(),
-                });
+                return Err(SshError::ExecRejected { target: target.clone(), command: command.to_owned() });
             }
             // The server closed the channel: the command's outcome is final.
             Some(ChannelMsg::Close) => return Ok(out),

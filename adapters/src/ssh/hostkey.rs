@@ -29,12 +29,8 @@ use super::error::SshError;
 pub const MAX_KNOWN_HOSTS_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The key types hwledger negotiates and can verify (no RSA: see DEPENDENCIES.md).
-const SUPPORTED_KEY_TYPES: &[&str] = &[
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-];
+const SUPPORTED_KEY_TYPES: &[&str] =
+    &["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"];
 
 /// How the server's host key is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,9 +75,7 @@ pub fn fingerprint_sha256(key: &PublicKey) -> String {
 
 /// Parses a pinned fingerprint (`SHA256:<base64>`, or `SHA512:<base64>`).
 pub fn parse_pin(pin: &str) -> Result<Fingerprint, SshError> {
-    Fingerprint::from_str(pin.trim()).map_err(|_| SshError::InvalidPin {
-        pin: pin.to_owned(),
-    })
+    Fingerprint::from_str(pin.trim()).map_err(|_| SshError::InvalidPin { pin: pin.to_owned() })
 }
 
 /// `@marker` at the start of a `known_hosts` line.
@@ -153,10 +147,7 @@ pub struct KnownHosts {
 impl KnownHosts {
     /// Reads and parses a file, refusing files over [`MAX_KNOWN_HOSTS_BYTES`].
     pub fn load(path: &Path) -> Result<KnownHosts, SshError> {
-        let unreadable = |reason: String| SshError::KnownHostsUnreadable {
-            path: path.to_owned(),
-            reason,
-        };
+        let unreadable = |reason: String| SshError::KnownHostsUnreadable { path: path.to_owned(), reason };
         let meta = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
         if meta.len() > MAX_KNOWN_HOSTS_BYTES {
             return Err(unreadable(format!(
@@ -209,10 +200,7 @@ impl KnownHosts {
                 KnownHostsMarker::None
             };
             let (Some(key_type), Some(blob)) = (fields.next(), fields.next()) else {
-                out.skip(
-                    line,
-                    "expected: [@marker] hosts key-type base64-key [comment]",
-                );
+                out.skip(line, "expected: [@marker] hosts key-type base64-key [comment]");
                 continue;
             };
             if first.is_empty() {
@@ -244,10 +232,7 @@ impl KnownHosts {
     }
 
     fn skip(&mut self, line: usize, reason: &str) {
-        self.skipped.push(SkippedLine {
-            line,
-            reason: reason.to_owned(),
-        });
+        self.skipped.push(SkippedLine { line, reason: reason.to_owned() });
     }
 
     /// The usable entries, in file order.
@@ -261,13 +246,8 @@ impl KnownHosts {
     }
 
     /// Entries whose host patterns match `host_name` (`host`, or `[host]:port` off port 22).
-    pub fn entries_for<'a>(
-        &'a self,
-        host_name: &'a str,
-    ) -> impl Iterator<Item = &'a KnownHostsEntry> + 'a {
-        self.entries
-            .iter()
-            .filter(move |e| host_patterns_match(&e.patterns, host_name))
+    pub fn entries_for<'a>(&'a self, host_name: &'a str) -> impl Iterator<Item = &'a KnownHostsEntry> + 'a {
+        self.entries.iter().filter(move |e| host_patterns_match(&e.patterns, host_name))
     }
 
     /// Supported key algorithms recorded (not revoked) for the host, in file order, so the client can
@@ -293,10 +273,7 @@ impl KnownHosts {
         let mut expected = Vec::new();
         let mut matched = None;
         for entry in self.entries_for(host_name) {
-            let same_key = entry
-                .key
-                .as_ref()
-                .is_some_and(|k| k.key_data() == key.key_data());
+            let same_key = entry.key.as_ref().is_some_and(|k| k.key_data() == key.key_data());
             match entry.marker {
                 KnownHostsMarker::Revoked if same_key => {
                     return KnownHostsVerdict::Revoked { line: entry.line };
@@ -353,9 +330,7 @@ fn hashed_entry_matches(entry: &str, host_name: &str) -> bool {
     let Ok(mac) = Hmac::<Sha1>::new_from_slice(&salt) else {
         return false;
     };
-    mac.chain_update(host_name.as_bytes())
-        .verify_slice(&hash)
-        .is_ok()
+    mac.chain_update(host_name.as_bytes()).verify_slice(&hash).is_ok()
 }
 
 /// Glob match with `*` (any run) and `?` (one character), linear backtracking on the last `*`.
@@ -384,8 +359,7 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+    p.get(pi..).is_some_and(|rest| rest.iter().all(|c| *c == '*'))
 }
 
 /// Host-key algorithms offered to the server, most preferred first: types already recorded for the
@@ -394,15 +368,9 @@ pub(crate) fn preferred_host_key_algorithms(known_first: &[Algorithm]) -> Vec<Al
     let mut out: Vec<Algorithm> = known_first.to_vec();
     let defaults = [
         Algorithm::Ed25519,
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP256,
-        },
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP384,
-        },
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP521,
-        },
+        Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
+        Algorithm::Ecdsa { curve: EcdsaCurve::NistP384 },
+        Algorithm::Ecdsa { curve: EcdsaCurve::NistP521 },
     ];
     for algorithm in defaults {
         if !out.contains(&algorithm) {
@@ -422,62 +390,44 @@ pub(crate) enum ResolvedPolicy {
 impl ResolvedPolicy {
     pub(crate) fn resolve(policy: &HostKeyPolicy) -> Result<ResolvedPolicy, SshError> {
         match policy {
-            HostKeyPolicy::KnownHosts(path) => Ok(ResolvedPolicy::KnownHosts {
-                path: path.clone(),
-                db: Arc::new(KnownHosts::load(path)?),
-            }),
+            HostKeyPolicy::KnownHosts(path) => {
+                Ok(ResolvedPolicy::KnownHosts { path: path.clone(), db: Arc::new(KnownHosts::load(path)?) })
+            }
             HostKeyPolicy::Pinned { expected: None } => Ok(ResolvedPolicy::Pinned(None)),
-            HostKeyPolicy::Pinned {
-                expected: Some(pin),
-            } => Ok(ResolvedPolicy::Pinned(Some(parse_pin(pin)?))),
+            HostKeyPolicy::Pinned { expected: Some(pin) } => Ok(ResolvedPolicy::Pinned(Some(parse_pin(pin)?))),
         }
     }
 
     /// Algorithms to offer for `host_name` (see [`preferred_host_key_algorithms`]).
     pub(crate) fn preferred_algorithms(&self, host_name: &str) -> Vec<Algorithm> {
         match self {
-            ResolvedPolicy::KnownHosts { db, .. } => {
-                preferred_host_key_algorithms(&db.known_algorithms(host_name))
-            }
+            ResolvedPolicy::KnownHosts { db, .. } => preferred_host_key_algorithms(&db.known_algorithms(host_name)),
             ResolvedPolicy::Pinned(_) => preferred_host_key_algorithms(&[]),
         }
     }
 
     /// Accepts `key` for `host_name` or says why not.
-    pub(crate) fn verify(
-        &self,
-        host_name: &str,
-        key: &PublicKey,
-    ) -> Result<HostKeyTrust, SshError> {
+    pub(crate) fn verify(&self, host_name: &str, key: &PublicKey) -> Result<HostKeyTrust, SshError> {
         let found = fingerprint_sha256(key);
         match self {
             ResolvedPolicy::KnownHosts { path, db } => match db.check(host_name, key) {
                 KnownHostsVerdict::Match { .. } => Ok(HostKeyTrust::KnownHosts),
-                KnownHostsVerdict::Revoked { .. } => Err(SshError::HostKeyRevoked {
-                    host: host_name.to_owned(),
-                    found,
-                }),
-                KnownHostsVerdict::Changed { expected } => Err(SshError::HostKeyChanged {
-                    host: host_name.to_owned(),
-                    expected: expected.join(", "),
-                    found,
-                }),
-                KnownHostsVerdict::Unknown => Err(SshError::HostKeyUnknown {
-                    host: host_name.to_owned(),
-                    path: path.clone(),
-                    found,
-                }),
+                KnownHostsVerdict::Revoked { .. } => {
+                    Err(SshError::HostKeyRevoked { host: host_name.to_owned(), found })
+                }
+                KnownHostsVerdict::Changed { expected } => {
+                    Err(SshError::HostKeyChanged { host: host_name.to_owned(), expected: expected.join(", "), found })
+                }
+                KnownHostsVerdict::Unknown => {
+                    Err(SshError::HostKeyUnknown { host: host_name.to_owned(), path: path.clone(), found })
+                }
             },
             ResolvedPolicy::Pinned(None) => Ok(HostKeyTrust::FirstUse),
             ResolvedPolicy::Pinned(Some(pin)) => {
                 if key.fingerprint(pin.algorithm()) == *pin {
                     Ok(HostKeyTrust::Pinned)
                 } else {
-                    Err(SshError::HostKeyChanged {
-                        host: host_name.to_owned(),
-                        expected: pin.to_string(),
-                        found,
-                    })
+                    Err(SshError::HostKeyChanged { host: host_name.to_owned(), expected: pin.to_string(), found })
                 }
             }
         }
@@ -505,31 +455,19 @@ pub(crate) struct HostKeyHandler {
 impl russh::client::Handler for HostKeyHandler {
     type Error = HandlerError;
 
-    async fn check_server_key(
-        &mut self,
-        server_public_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, server_public_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let key = match server_public_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             PublicKeyOrCertificate::Certificate(cert) => {
                 // Never requested (no certificate algorithms are offered); refuse rather than guess.
-                return Err(HandlerError::Rejected(Box::new(
-                    SshError::HostKeyUnsupported {
-                        host: self.host_name.clone(),
-                        detail: format!("a host certificate ({})", cert.algorithm()),
-                    },
-                )));
+                return Err(HandlerError::Rejected(Box::new(SshError::HostKeyUnsupported {
+                    host: self.host_name.clone(),
+                    detail: format!("a host certificate ({})", cert.algorithm()),
+                })));
             }
         };
-        let trust = self
-            .policy
-            .verify(&self.host_name, key)
-            .map_err(|e| HandlerError::Rejected(Box::new(e)))?;
-        *self.accepted.lock() = Some(AcceptedHostKey {
-            key: key.clone(),
-            fingerprint: fingerprint_sha256(key),
-            trust,
-        });
+        let trust = self.policy.verify(&self.host_name, key).map_err(|e| HandlerError::Rejected(Box::new(e)))?;
+        *self.accepted.lock() = Some(AcceptedHostKey { key: key.clone(), fingerprint: fingerprint_sha256(key), trust });
         Ok(true)
     }
 }
@@ -555,26 +493,11 @@ mod tests {
             "gpu1,10.0.0.1 ssh-ed25519 {ED_A}\n[gpu1]:2222 ssh-ed25519 {ED_B} comment here\n"
         ));
         assert!(db.skipped().is_empty(), "{:?}", db.skipped());
-        assert_eq!(
-            db.check("gpu1", &key(ED_A)),
-            KnownHostsVerdict::Match { line: 1 }
-        );
-        assert_eq!(
-            db.check("10.0.0.1", &key(ED_A)),
-            KnownHostsVerdict::Match { line: 1 }
-        );
-        assert_eq!(
-            db.check("[gpu1]:2222", &key(ED_B)),
-            KnownHostsVerdict::Match { line: 2 }
-        );
-        assert!(matches!(
-            db.check("[gpu1]:2222", &key(ED_A)),
-            KnownHostsVerdict::Changed { .. }
-        ));
-        assert_eq!(
-            db.check("[gpu1]:2223", &key(ED_B)),
-            KnownHostsVerdict::Unknown
-        );
+        assert_eq!(db.check("gpu1", &key(ED_A)), KnownHostsVerdict::Match { line: 1 });
+        assert_eq!(db.check("10.0.0.1", &key(ED_A)), KnownHostsVerdict::Match { line: 1 });
+        assert_eq!(db.check("[gpu1]:2222", &key(ED_B)), KnownHostsVerdict::Match { line: 2 });
+        assert!(matches!(db.check("[gpu1]:2222", &key(ED_A)), KnownHostsVerdict::Changed { .. }));
+        assert_eq!(db.check("[gpu1]:2223", &key(ED_B)), KnownHostsVerdict::Unknown);
         assert_eq!(db.check("gpu2", &key(ED_A)), KnownHostsVerdict::Unknown);
     }
 
@@ -585,20 +508,13 @@ mod tests {
             panic!("a different key for a known host must be reported as changed");
         };
         assert_eq!(expected.len(), 1);
-        assert!(
-            expected
-                .iter()
-                .all(|e| e.starts_with(&fingerprint_sha256(&key(ED_A))))
-        );
+        assert!(expected.iter().all(|e| e.starts_with(&fingerprint_sha256(&key(ED_A)))));
     }
 
     #[test]
     fn wildcards_and_negation() {
         let db = KnownHosts::parse(&format!("*.lab,!bad.lab ssh-ed25519 {ED_A}\n"));
-        assert!(matches!(
-            db.check("gpu7.lab", &key(ED_A)),
-            KnownHostsVerdict::Match { .. }
-        ));
+        assert!(matches!(db.check("gpu7.lab", &key(ED_A)), KnownHostsVerdict::Match { .. }));
         assert_eq!(db.check("bad.lab", &key(ED_A)), KnownHostsVerdict::Unknown);
         assert!(wildcard_match("g?u*", "gpu-17"));
         assert!(!wildcard_match("g?u", "gpu-17"));
@@ -614,29 +530,15 @@ mod tests {
             "|1|pFSLgheOJ0pBtYy6TM8XrJOUnOQ=|09f4A+/yX/Hix6Skf6VQOW1ETog= ssh-ed25519 {ED_A}\n\
              |1|!!notbase64|xx ssh-ed25519 {ED_B}\n|1|| ssh-ed25519 {ED_B}\n"
         ));
-        assert!(matches!(
-            db.check("localhost", &key(ED_A)),
-            KnownHostsVerdict::Match { .. }
-        ));
-        assert_eq!(
-            db.check("otherhost", &key(ED_A)),
-            KnownHostsVerdict::Unknown
-        );
-        assert_eq!(
-            db.check("otherhost", &key(ED_B)),
-            KnownHostsVerdict::Unknown
-        );
+        assert!(matches!(db.check("localhost", &key(ED_A)), KnownHostsVerdict::Match { .. }));
+        assert_eq!(db.check("otherhost", &key(ED_A)), KnownHostsVerdict::Unknown);
+        assert_eq!(db.check("otherhost", &key(ED_B)), KnownHostsVerdict::Unknown);
     }
 
     #[test]
     fn revoked_marker_wins() {
-        let db = KnownHosts::parse(&format!(
-            "gpu1 ssh-ed25519 {ED_A}\n@revoked * ssh-ed25519 {ED_A}\n"
-        ));
-        assert_eq!(
-            db.check("gpu1", &key(ED_A)),
-            KnownHostsVerdict::Revoked { line: 2 }
-        );
+        let db = KnownHosts::parse(&format!("gpu1 ssh-ed25519 {ED_A}\n@revoked * ssh-ed25519 {ED_A}\n"));
+        assert_eq!(db.check("gpu1", &key(ED_A)), KnownHostsVerdict::Revoked { line: 2 });
     }
 
     #[test]
@@ -664,39 +566,26 @@ mod tests {
     fn pins_are_parsed_and_compared() {
         let fp = fingerprint_sha256(&key(ED_A));
         assert!(fp.starts_with("SHA256:"));
-        let policy = ResolvedPolicy::resolve(&HostKeyPolicy::Pinned {
-            expected: Some(fp.clone()),
-        });
+        let policy = ResolvedPolicy::resolve(&HostKeyPolicy::Pinned { expected: Some(fp.clone()) });
         let Ok(policy) = policy else {
             panic!("a fingerprint we printed must parse as a pin");
         };
-        assert_eq!(
-            policy.verify("h", &key(ED_A)).ok(),
-            Some(HostKeyTrust::Pinned)
-        );
+        assert_eq!(policy.verify("h", &key(ED_A)).ok(), Some(HostKeyTrust::Pinned));
         match policy.verify("h", &key(ED_B)) {
-            Err(SshError::HostKeyChanged {
-                expected, found, ..
-            }) => {
+            Err(SshError::HostKeyChanged { expected, found, .. }) => {
                 assert_eq!(expected, fp);
                 assert_eq!(found, fingerprint_sha256(&key(ED_B)));
             }
             other => panic!("expected HostKeyChanged, got {other:?}"),
         }
         for bad in ["", "SHA256:", "MD5:aa:bb", "SHA256:@@@", "sha256 abc"] {
-            assert_eq!(
-                parse_pin(bad).map_err(|e| e.code()).err(),
-                Some("invalid_pin"),
-                "{bad:?}"
-            );
+            assert_eq!(parse_pin(bad).map_err(|e| e.code()).err(), Some("invalid_pin"), "{bad:?}");
         }
     }
 
     #[test]
     fn preferred_algorithms_put_known_types_first() {
-        let p256 = Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP256,
-        };
+        let p256 = Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 };
         let prefs = preferred_host_key_algorithms(std::slice::from_ref(&p256));
         assert_eq!(prefs.first(), Some(&p256));
         assert_eq!(prefs.len(), 4);

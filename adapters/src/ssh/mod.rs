@@ -24,14 +24,12 @@ mod target;
 pub use error::SshError;
 pub use exec::{DEFAULT_MAX_OUTPUT_BYTES, ExecLimits, ExecOutput};
 pub use hostkey::{
-    AcceptedHostKey, HostKeyPolicy, HostKeyTrust, KnownHosts, KnownHostsEntry, KnownHostsMarker,
-    KnownHostsVerdict, MAX_KNOWN_HOSTS_BYTES, SkippedLine, fingerprint_sha256, parse_pin,
+    AcceptedHostKey, HostKeyPolicy, HostKeyTrust, KnownHosts, KnownHostsEntry, KnownHostsMarker, KnownHostsVerdict,
+    MAX_KNOWN_HOSTS_BYTES, SkippedLine, fingerprint_sha256, parse_pin,
 };
 pub use pool::{PoolLimits, PoolStats, PooledSession, SshPool};
 pub use probe::{ProbeReport, ProbeTool, ROCM_COMMAND, nvidia_command, probe, probe_target};
-pub use session::{
-    ClientIdentity, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, Session, SshClientConfig,
-};
+pub use session::{ClientIdentity, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, Session, SshClientConfig};
 pub use target::{DEFAULT_SSH_PORT, SshTarget, TargetParseError};
 
 #[cfg(test)]
@@ -41,114 +39,33 @@ mod tests {
     /// Every error code is pinned: clients and the dispatcher match on these strings.
     #[test]
     fn error_codes_are_stable() {
-        let target = SshTarget {
-            user: "u".into(),
-            host: "h".into(),
-            port: 22,
-        };
+        let target = SshTarget { user: "u".into(), host: "h".into(), port: 22 };
         let partial = || Box::new(ExecOutput::default());
         let cases: Vec<(SshError, &str)> = vec![
-            (
-                SshError::KeyLoad {
-                    path: "k".into(),
-                    reason: String::new(),
-                },
-                "key_load_failed",
-            ),
-            (
-                SshError::KeyUnsupported {
-                    path: "k".into(),
-                    algorithm: "ssh-rsa".into(),
-                },
-                "key_unsupported",
-            ),
-            (
-                SshError::KnownHostsUnreadable {
-                    path: "k".into(),
-                    reason: String::new(),
-                },
-                "known_hosts_unreadable",
-            ),
+            (SshError::KeyLoad { path: "k".into(), reason: String::new() }, "key_load_failed"),
+            (SshError::KeyUnsupported { path: "k".into(), algorithm: "ssh-rsa".into() }, "key_unsupported"),
+            (SshError::KnownHostsUnreadable { path: "k".into(), reason: String::new() }, "known_hosts_unreadable"),
             (SshError::InvalidPin { pin: "x".into() }, "invalid_pin"),
+            (SshError::InvalidConfig { reason: String::new() }, "invalid_config"),
             (
-                SshError::InvalidConfig {
-                    reason: String::new(),
-                },
-                "invalid_config",
-            ),
-            (
-                SshError::ConnectTimeout {
-                    target: target.clone(),
-                    timeout: std::time::Duration::ZERO,
-                },
+                SshError::ConnectTimeout { target: target.clone(), timeout: std::time::Duration::ZERO },
                 "connect_timeout",
             ),
+            (SshError::Connect { target: target.clone(), source: std::io::Error::other("x") }, "connect_failed"),
+            (SshError::Handshake { target: target.clone(), detail: String::new() }, "handshake_failed"),
             (
-                SshError::Connect {
-                    target: target.clone(),
-                    source: std::io::Error::other("x"),
-                },
-                "connect_failed",
-            ),
-            (
-                SshError::Handshake {
-                    target: target.clone(),
-                    detail: String::new(),
-                },
-                "handshake_failed",
-            ),
-            (
-                SshError::HostKeyChanged {
-                    host: "h".into(),
-                    expected: String::new(),
-                    found: String::new(),
-                },
+                SshError::HostKeyChanged { host: "h".into(), expected: String::new(), found: String::new() },
                 "host_key_changed",
             ),
+            (SshError::HostKeyUnknown { host: "h".into(), path: "k".into(), found: String::new() }, "host_key_unknown"),
+            (SshError::HostKeyRevoked { host: "h".into(), found: String::new() }, "host_key_revoked"),
+            (SshError::HostKeyUnsupported { host: "h".into(), detail: String::new() }, "host_key_unsupported"),
             (
-                SshError::HostKeyUnknown {
-                    host: "h".into(),
-                    path: "k".into(),
-                    found: String::new(),
-                },
-                "host_key_unknown",
-            ),
-            (
-                SshError::HostKeyRevoked {
-                    host: "h".into(),
-                    found: String::new(),
-                },
-                "host_key_revoked",
-            ),
-            (
-                SshError::HostKeyUnsupported {
-                    host: "h".into(),
-                    detail: String::new(),
-                },
-                "host_key_unsupported",
-            ),
-            (
-                SshError::AuthFailed {
-                    target: target.clone(),
-                    user: "u".into(),
-                    key_fingerprint: String::new(),
-                },
+                SshError::AuthFailed { target: target.clone(), user: "u".into(), key_fingerprint: String::new() },
                 "auth_failed",
             ),
-            (
-                SshError::ChannelOpen {
-                    target: target.clone(),
-                    detail: String::new(),
-                },
-                "channel_open_failed",
-            ),
-            (
-                SshError::ExecRejected {
-                    target: target.clone(),
-                    command: String::new(),
-                },
-                "exec_rejected",
-            ),
+            (SshError::ChannelOpen { target: target.clone(), detail: String::new() }, "channel_open_failed"),
+            (SshError::ExecRejected { target: target.clone(), command: String::new() }, "exec_rejected"),
             (
                 SshError::CommandTimeout {
                     target: target.clone(),
@@ -159,26 +76,12 @@ mod tests {
                 "command_timeout",
             ),
             (
-                SshError::ConnectionLost {
-                    target: target.clone(),
-                    command: String::new(),
-                    partial: partial(),
-                },
+                SshError::ConnectionLost { target: target.clone(), command: String::new(), partial: partial() },
                 "connection_lost",
             ),
+            (SshError::PoolExhausted { target: target.clone(), waited: std::time::Duration::ZERO }, "pool_exhausted"),
             (
-                SshError::PoolExhausted {
-                    target: target.clone(),
-                    waited: std::time::Duration::ZERO,
-                },
-                "pool_exhausted",
-            ),
-            (
-                SshError::NoGpuTool {
-                    target: target.clone(),
-                    nvidia_exit: Some(127),
-                    rocm_exit: Some(127),
-                },
+                SshError::NoGpuTool { target: target.clone(), nvidia_exit: Some(127), rocm_exit: Some(127) },
                 "no_gpu_tool",
             ),
             (
@@ -199,14 +102,7 @@ mod tests {
                 },
                 "gpu_output_invalid",
             ),
-            (
-                SshError::GpuOutputTooLarge {
-                    target,
-                    tool: ProbeTool::NvidiaSmi,
-                    limit: 1,
-                },
-                "gpu_output_too_large",
-            ),
+            (SshError::GpuOutputTooLarge { target, tool: ProbeTool::NvidiaSmi, limit: 1 }, "gpu_output_too_large"),
         ];
         let mut seen = std::collections::HashSet::new();
         for (err, code) in &cases {
@@ -219,22 +115,10 @@ mod tests {
 
     #[test]
     fn outcome_unknown_only_for_lost_and_timeout() {
-        let target = SshTarget {
-            user: "u".into(),
-            host: "h".into(),
-            port: 22,
-        };
-        let lost = SshError::ConnectionLost {
-            target: target.clone(),
-            command: "c".into(),
-            partial: Box::default(),
-        };
+        let target = SshTarget { user: "u".into(), host: "h".into(), port: 22 };
+        let lost = SshError::ConnectionLost { target: target.clone(), command: "c".into(), partial: Box::default() };
         assert!(lost.outcome_unknown());
-        let auth = SshError::AuthFailed {
-            target,
-            user: "u".into(),
-            key_fingerprint: String::new(),
-        };
+        let auth = SshError::AuthFailed { target, user: "u".into(), key_fingerprint: String::new() };
         assert!(!auth.outcome_unknown());
         assert!(!auth.is_host_key_problem());
     }

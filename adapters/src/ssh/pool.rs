@@ -3,8 +3,8 @@
 //!
 //! The bounds count *live* sessions — checked out or idle — because every one holds a TCP connection
 //! and an sshd process on the remote host: at most `max_sessions` overall and `max_per_host` per host.
-//! When the overall bound is reached, an idle session of another host is evicted to make room; when
-//! nothing can be evicted, a checkout waits (up to `acquire_timeout`) for a session to come back.
+//! When a bound is reached, the oldest idle session of another target is closed to make room (one on
+//! the same host if the per-host bound is the one reached); when nothing can be evicted, a checkout waits (up to `acquire_timeout`) for a session to come back.
 //! An idle session is reused only if it is still connected, younger than `idle_timeout`, and its host
 //! key still satisfies the caller's [`HostKeyPolicy`].
 
@@ -83,10 +83,7 @@ fn host_key(target: &SshTarget) -> String {
 
 impl PoolState {
     fn per_host(&self, target: &SshTarget) -> usize {
-        self.live_per_host
-            .get(&host_key(target))
-            .copied()
-            .unwrap_or(0)
+        self.live_per_host.get(&host_key(target)).copied().unwrap_or(0)
     }
 
     fn reserve(&mut self, target: &SshTarget) {
@@ -133,26 +130,21 @@ impl PoolState {
         dead
     }
 
-    /// Takes the oldest idle session of a host other than `target`'s, to free a global slot.
-    fn evict_other_host(&mut self, target: &SshTarget) -> Option<(SshTarget, Session)> {
-        let own = host_key(target);
+    /// Takes the oldest idle session of another target that `eligible` accepts, freeing its slot.
+    fn evict_idle(&mut self, target: &SshTarget, eligible: impl Fn(&SshTarget) -> bool) -> Option<Session> {
         let victim = self
             .idle
             .iter()
-            .filter(|(t, list)| host_key(t) != own && !list.is_empty())
+            .filter(|(t, list)| *t != target && eligible(t) && !list.is_empty())
             .min_by_key(|(_, list)| list.first().map(|i| i.since))
             .map(|(t, _)| t.clone())?;
         let list = self.idle.get_mut(&victim)?;
-        let session = if list.is_empty() {
-            None
-        } else {
-            Some(list.remove(0).session)
-        }?;
+        let session = if list.is_empty() { None } else { Some(list.remove(0).session) }?;
         if list.is_empty() {
             self.idle.remove(&victim);
         }
         self.release(&victim);
-        Some((victim, session))
+        Some(session)
     }
 }
 
@@ -195,15 +187,12 @@ pub struct SshPool {
 
 impl std::fmt::Debug for SshPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SshPool")
-            .field("limits", &self.inner.limits)
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("SshPool").field("limits", &self.inner.limits).field("stats", &self.stats()).finish()
     }
 }
 
 enum Step {
-    Reuse(Session),
+    Reuse(Box<Session>),
     Connect(Reservation),
     Wait,
 }
@@ -232,12 +221,7 @@ impl SshPool {
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
         let st = self.inner.state.lock();
-        PoolStats {
-            live: st.live_total,
-            idle: st.idle_count(),
-            connects: st.connects,
-            reuses: st.reuses,
-        }
+        PoolStats { live: st.live_total, idle: st.idle_count(), connects: st.connects, reuses: st.reuses }
     }
 
     /// The client configuration sessions are opened with.
@@ -247,11 +231,7 @@ impl SshPool {
 
     /// Checks out a session for `target`: an idle one if possible, else a new connection, else waits
     /// for room up to `acquire_timeout`.
-    pub async fn get(
-        &self,
-        target: &SshTarget,
-        policy: &HostKeyPolicy,
-    ) -> Result<PooledSession, SshError> {
+    pub async fn get(&self, target: &SshTarget, policy: &HostKeyPolicy) -> Result<PooledSession, SshError> {
         let inner = &self.inner;
         let started = Instant::now();
         let deadline = started + inner.limits.acquire_timeout;
@@ -267,18 +247,26 @@ impl SshPool {
                 let mut st = inner.state.lock();
                 let dead = st.prune(Instant::now(), inner.limits.idle_timeout);
                 let step = if let Some(idle) = st.idle.get_mut(target).and_then(Vec::pop) {
-                    Step::Reuse(idle.session)
-                } else if st.per_host(target) >= inner.limits.max_per_host {
-                    Step::Wait
-                } else if st.live_total < inner.limits.max_sessions {
-                    st.reserve(target);
-                    Step::Connect(self.reservation(target))
-                } else if let Some((_, victim)) = st.evict_other_host(target) {
-                    drop(victim);
-                    st.reserve(target);
-                    Step::Connect(self.reservation(target))
+                    Step::Reuse(Box::new(idle.session))
                 } else {
-                    Step::Wait
+                    let host_full = st.per_host(target) >= inner.limits.max_per_host;
+                    let total_full = st.live_total >= inner.limits.max_sessions;
+                    let own_host = host_key(target);
+                    // Make room by closing an idle session of another target: one on the same
+                    // host if the per-host bound is hit (that frees both bounds), any otherwise.
+                    let room = if !host_full && !total_full {
+                        true
+                    } else if host_full {
+                        st.evict_idle(target, |t| host_key(t) == own_host).is_some()
+                    } else {
+                        st.evict_idle(target, |_| true).is_some()
+                    };
+                    if room {
+                        st.reserve(target);
+                        Step::Connect(self.reservation(target))
+                    } else {
+                        Step::Wait
+                    }
                 };
                 st.idle.retain(|_, list| !list.is_empty());
                 (step, dead)
@@ -293,7 +281,7 @@ impl SshPool {
                     // Checked outside the lock: the policy may read a known_hosts file.
                     if !session.is_closed() && session.satisfies(policy) {
                         inner.state.lock().reuses += 1;
-                        return Ok(self.pooled(session));
+                        return Ok(self.pooled(*session));
                     }
                     drop(session);
                     inner.release(target);
@@ -306,10 +294,7 @@ impl SshPool {
                 }
                 Step::Wait => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Err(SshError::PoolExhausted {
-                            target: target.clone(),
-                            waited: started.elapsed(),
-                        });
+                        return Err(SshError::PoolExhausted { target: target.clone(), waited: started.elapsed() });
                     }
                 }
             }
@@ -317,33 +302,19 @@ impl SshPool {
     }
 
     fn reservation(&self, target: &SshTarget) -> Reservation {
-        Reservation {
-            pool: Arc::clone(&self.inner),
-            target: target.clone(),
-            armed: true,
-        }
+        Reservation { pool: Arc::clone(&self.inner), target: target.clone(), armed: true }
     }
 
     fn pooled(&self, session: Session) -> PooledSession {
-        PooledSession {
-            session: Some(session),
-            pool: Arc::clone(&self.inner),
-        }
+        PooledSession { session: Some(session), pool: Arc::clone(&self.inner) }
     }
 
     /// Checks out a session for `target` and probes it (see [`probe`]). A session whose connection
     /// was lost is not returned to the pool.
-    pub async fn probe(
-        &self,
-        target: &SshTarget,
-        policy: &HostKeyPolicy,
-    ) -> Result<ProbeReport, SshError> {
+    pub async fn probe(&self, target: &SshTarget, policy: &HostKeyPolicy) -> Result<ProbeReport, SshError> {
         let session = self.get(target, policy).await?;
         let result = probe(&session).await;
-        if matches!(
-            result,
-            Err(SshError::ConnectionLost { .. } | SshError::CommandTimeout { .. })
-        ) {
+        if matches!(result, Err(SshError::ConnectionLost { .. } | SshError::CommandTimeout { .. })) {
             session.discard();
         }
         result
@@ -351,11 +322,7 @@ impl SshPool {
 
     /// Probes many hosts with at most `concurrency` probes in flight (0 is treated as 1). Results are
     /// in input order, one per target; one host's failure never affects the others.
-    pub async fn probe_many<I>(
-        &self,
-        targets: I,
-        concurrency: usize,
-    ) -> Vec<(SshTarget, Result<ProbeReport, SshError>)>
+    pub async fn probe_many<I>(&self, targets: I, concurrency: usize) -> Vec<(SshTarget, Result<ProbeReport, SshError>)>
     where
         I: IntoIterator<Item = (SshTarget, HostKeyPolicy)>,
     {
@@ -436,16 +403,7 @@ impl Drop for PooledSession {
             self.pool.release(&target);
             return;
         }
-        self.pool
-            .state
-            .lock()
-            .idle
-            .entry(target)
-            .or_default()
-            .push(IdleSession {
-                session,
-                since: Instant::now(),
-            });
+        self.pool.state.lock().idle.entry(target).or_default().push(IdleSession { session, since: Instant::now() });
         self.pool.returned.notify_waiters();
     }
 }

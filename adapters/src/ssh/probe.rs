@@ -48,15 +48,11 @@ impl fmt::Display for ProbeTool {
 
 /// The exact `nvidia-smi` command the probe runs (its columns are [`NVIDIA_QUERY`]).
 pub fn nvidia_command() -> String {
-    format!(
-        "nvidia-smi --query-gpu={} --format=csv,noheader,nounits",
-        NVIDIA_QUERY.join(",")
-    )
+    format!("nvidia-smi --query-gpu={} --format=csv,noheader,nounits", NVIDIA_QUERY.join(","))
 }
 
 /// The exact `rocm-smi` fallback command.
-pub const ROCM_COMMAND: &str =
-    "rocm-smi --showproductname --showuse --showmeminfo vram --showtemp --showpower --json";
+pub const ROCM_COMMAND: &str = "rocm-smi --showproductname --showuse --showmeminfo vram --showtemp --showpower --json";
 
 /// What a probe found on one host.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -98,11 +94,7 @@ pub async fn probe(session: &Session) -> Result<ProbeReport, SshError> {
     if !missing(&rocm) {
         return Err(diagnose(target, ProbeTool::RocmSmi, &rocm));
     }
-    Err(SshError::NoGpuTool {
-        target: target.clone(),
-        nvidia_exit: nvidia.exit_status,
-        rocm_exit: rocm.exit_status,
-    })
+    Err(SshError::NoGpuTool { target: target.clone(), nvidia_exit: nvidia.exit_status, rocm_exit: rocm.exit_status })
 }
 
 /// Connects to `target`, probes it, and disconnects.
@@ -143,12 +135,7 @@ fn report(session: &Session, tool: ProbeTool, out: &ExecOutput) -> Result<ProbeR
             raw_output,
             samples,
         }),
-        Err(source) => Err(SshError::GpuParse {
-            target: target.clone(),
-            tool,
-            raw_output,
-            source: Box::new(source),
-        }),
+        Err(source) => Err(SshError::GpuParse { target: target.clone(), tool, raw_output, source: Box::new(source) }),
     }
 }
 
@@ -164,12 +151,7 @@ fn diagnose(target: &SshTarget, tool: ProbeTool, out: &ExecOutput) -> SshError {
         text.push_str(&stderr);
     }
     match parse(tool, &text) {
-        Err(source) => SshError::GpuParse {
-            target: target.clone(),
-            tool,
-            raw_output: text,
-            source: Box::new(source),
-        },
+        Err(source) => SshError::GpuParse { target: target.clone(), tool, raw_output: text, source: Box::new(source) },
         // Parseable output with a failing exit status: do not trust the samples.
         Ok(_) => SshError::GpuToolFailed {
             target: target.clone(),
@@ -207,10 +189,7 @@ mod tests {
 
     #[test]
     fn tool_names_serialize_as_commands() {
-        assert_eq!(
-            serde_json::to_string(&ProbeTool::RocmSmi).ok().as_deref(),
-            Some("\"rocm-smi\"")
-        );
+        assert_eq!(serde_json::to_string(&ProbeTool::RocmSmi).ok().as_deref(), Some("\"rocm-smi\""));
         assert_eq!(ProbeTool::NvidiaSmi.to_string(), "nvidia-smi");
     }
 

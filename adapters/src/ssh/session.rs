@@ -15,8 +15,7 @@ use tokio::time::Instant;
 use super::error::SshError;
 use super::exec::{self, DEFAULT_MAX_OUTPUT_BYTES, ExecLimits, ExecOutput};
 use super::hostkey::{
-    AcceptedHostKey, HandlerError, HostKeyHandler, HostKeyPolicy, HostKeyTrust, ResolvedPolicy,
-    fingerprint_sha256,
+    AcceptedHostKey, HandlerError, HostKeyHandler, HostKeyPolicy, HostKeyTrust, ResolvedPolicy, fingerprint_sha256,
 };
 use super::target::SshTarget;
 
@@ -47,26 +46,17 @@ pub struct ClientIdentity {
 impl std::fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("ClientIdentity")
-            .field("source", &self.source)
-            .field("fingerprint", &self.fingerprint)
-            .finish()
+        f.debug_struct("ClientIdentity").field("source", &self.source).field("fingerprint", &self.fingerprint).finish()
     }
 }
 
 impl ClientIdentity {
     /// Loads an OpenSSH private key file; refuses RSA/DSA keys, encrypted keys and oversized files.
     pub fn from_file(path: &Path) -> Result<ClientIdentity, SshError> {
-        let fail = |reason: String| SshError::KeyLoad {
-            path: path.to_owned(),
-            reason,
-        };
+        let fail = |reason: String| SshError::KeyLoad { path: path.to_owned(), reason };
         let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
         if meta.len() > MAX_KEY_FILE_BYTES {
-            return Err(fail(format!(
-                "file is {} bytes; a private key is under {MAX_KEY_FILE_BYTES}",
-                meta.len()
-            )));
+            return Err(fail(format!("file is {} bytes; a private key is under {MAX_KEY_FILE_BYTES}", meta.len())));
         }
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         ClientIdentity::from_openssh(&text, path)
@@ -74,26 +64,14 @@ impl ClientIdentity {
 
     /// Decodes an OpenSSH private key held in memory; `source` names it in messages.
     pub fn from_openssh(text: &str, source: &Path) -> Result<ClientIdentity, SshError> {
-        let key = decode_secret_key(text, None).map_err(|e| SshError::KeyLoad {
-            path: source.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let key = decode_secret_key(text, None)
+            .map_err(|e| SshError::KeyLoad { path: source.to_owned(), reason: e.to_string() })?;
         let algorithm = key.algorithm();
-        if !matches!(
-            algorithm,
-            russh::keys::Algorithm::Ed25519 | russh::keys::Algorithm::Ecdsa { .. }
-        ) {
-            return Err(SshError::KeyUnsupported {
-                path: source.to_owned(),
-                algorithm: algorithm.to_string(),
-            });
+        if !matches!(algorithm, russh::keys::Algorithm::Ed25519 | russh::keys::Algorithm::Ecdsa { .. }) {
+            return Err(SshError::KeyUnsupported { path: source.to_owned(), algorithm: algorithm.to_string() });
         }
         let fingerprint = fingerprint_sha256(key.public_key());
-        Ok(ClientIdentity {
-            key: Arc::new(key),
-            source: source.to_owned(),
-            fingerprint,
-        })
+        Ok(ClientIdentity { key: Arc::new(key), source: source.to_owned(), fingerprint })
     }
 
     /// `SHA256:` fingerprint of the public half (what the server's log shows).
@@ -128,10 +106,7 @@ impl SshClientConfig {
 
     /// The default per-command limits.
     pub fn exec_limits(&self) -> ExecLimits {
-        ExecLimits {
-            timeout: self.command_timeout,
-            max_output_bytes: self.max_output_bytes,
-        }
+        ExecLimits { timeout: self.command_timeout, max_output_bytes: self.max_output_bytes }
     }
 }
 
@@ -164,14 +139,9 @@ impl Session {
     ) -> Result<Session, SshError> {
         let policy = ResolvedPolicy::resolve(policy)?;
         let deadline = Instant::now() + config.connect_timeout;
-        match tokio::time::timeout_at(deadline, Session::connect_inner(target, policy, config))
-            .await
-        {
+        match tokio::time::timeout_at(deadline, Session::connect_inner(target, policy, config)).await {
             Ok(result) => result,
-            Err(_) => Err(SshError::ConnectTimeout {
-                target: target.clone(),
-                timeout: config.connect_timeout,
-            }),
+            Err(_) => Err(SshError::ConnectTimeout { target: target.clone(), timeout: config.connect_timeout }),
         }
     }
 
@@ -181,10 +151,7 @@ impl Session {
         config: &SshClientConfig,
     ) -> Result<Session, SshError> {
         let host_name = target.known_hosts_name();
-        let preferred = Preferred {
-            key: policy.preferred_algorithms(&host_name).into(),
-            ..Preferred::default()
-        };
+        let preferred = Preferred { key: policy.preferred_algorithms(&host_name).into(), ..Preferred::default() };
         let russh_config = Arc::new(client::Config {
             preferred,
             keepalive_interval: Some(KEEPALIVE_INTERVAL),
@@ -193,20 +160,12 @@ impl Session {
             ..client::Config::default()
         });
         let accepted = Arc::new(Mutex::new(None));
-        let handler = HostKeyHandler {
-            host_name,
-            policy,
-            accepted: Arc::clone(&accepted),
-        };
+        let handler = HostKeyHandler { host_name, policy, accepted: Arc::clone(&accepted) };
         let stream = tokio::net::TcpStream::connect(target.socket_addr_string())
             .await
-            .map_err(|source| SshError::Connect {
-                target: target.clone(),
-                source,
-            })?;
-        let mut handle = client::connect_stream(russh_config, stream, handler)
-            .await
-            .map_err(|e| handler_error(target, e))?;
+            .map_err(|source| SshError::Connect { target: target.clone(), source })?;
+        let mut handle =
+            client::connect_stream(russh_config, stream, handler).await.map_err(|e| handler_error(target, e))?;
         // check_server_key ran during the key exchange; connect_stream only returns after it.
         let Some(host_key) = accepted.lock().take() else {
             return Err(SshError::Handshake {
@@ -216,27 +175,19 @@ impl Session {
         };
         let identity = &config.identity;
         let auth = handle
-            .authenticate_publickey(
-                target.user.clone(),
-                PrivateKeyWithHashAlg::new(Arc::clone(&identity.key), None),
-            )
+            .authenticate_publickey(target.user.clone(), PrivateKeyWithHashAlg::new(Arc::clone(&identity.key), None))
             .await
             .map_err(|e| SshError::Handshake {
                 target: target.clone(),
                 detail: format!("during authentication: {e}"),
             })?;
         match auth {
-            AuthResult::Success => Ok(Session {
-                handle,
-                target: target.clone(),
-                host_key,
-                limits: config.exec_limits(),
-            }),
+            AuthResult::Success => {
+                Ok(Session { handle, target: target.clone(), host_key, limits: config.exec_limits() })
+            }
             AuthResult::Failure { .. } => {
                 // Leave politely so sshd logs a clean disconnect rather than a reset.
-                let _ = handle
-                    .disconnect(Disconnect::ByApplication, "authentication failed", "en")
-                    .await;
+                let _ = handle.disconnect(Disconnect::ByApplication, "authentication failed", "en").await;
                 Err(SshError::AuthFailed {
                     target: target.clone(),
                     user: target.user.clone(),
@@ -277,11 +228,7 @@ impl Session {
     }
 
     /// Runs `command` with explicit limits.
-    pub async fn exec_with(
-        &self,
-        command: &str,
-        limits: ExecLimits,
-    ) -> Result<ExecOutput, SshError> {
+    pub async fn exec_with(&self, command: &str, limits: ExecLimits) -> Result<ExecOutput, SshError> {
         exec::run(&self.handle, &self.target, command, limits).await
     }
 
@@ -292,10 +239,7 @@ impl Session {
 
     /// Sends an SSH disconnect. Dropping a session also ends it, less politely.
     pub async fn close(self) {
-        let _ = self
-            .handle
-            .disconnect(Disconnect::ByApplication, "", "en")
-            .await;
+        let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
     }
 
     /// Re-checks this session's host key against `policy` (used before reusing a pooled session
@@ -310,13 +254,7 @@ impl Session {
 fn handler_error(target: &SshTarget, err: HandlerError) -> SshError {
     match err {
         HandlerError::Rejected(e) => *e,
-        HandlerError::Russh(russh::Error::IO(source)) => SshError::Connect {
-            target: target.clone(),
-            source,
-        },
-        HandlerError::Russh(e) => SshError::Handshake {
-            target: target.clone(),
-            detail: e.to_string(),
-        },
+        HandlerError::Russh(russh::Error::IO(source)) => SshError::Connect { target: target.clone(), source },
+        HandlerError::Russh(e) => SshError::Handshake { target: target.clone(), detail: e.to_string() },
     }
 }

@@ -17,9 +17,7 @@ const MAX_USER_LEN: usize = 256;
 const MAX_HOST_LEN: usize = 253;
 
 /// A remote account to probe or run commands on: `user@host:port`.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct SshTarget {
     /// Remote login name.
     pub user: String,
@@ -87,11 +85,7 @@ impl TargetParseError {
 
 impl SshTarget {
     /// Builds a target from parts, applying the same validation as [`FromStr`].
-    pub fn new(
-        user: impl Into<String>,
-        host: impl Into<String>,
-        port: u16,
-    ) -> Result<Self, TargetParseError> {
+    pub fn new(user: impl Into<String>, host: impl Into<String>, port: u16) -> Result<Self, TargetParseError> {
         let user = user.into();
         let host = host.into();
         let input = format!("{user}@{host}:{port}");
@@ -102,30 +96,19 @@ impl SshTarget {
             return Err(TargetParseError::InvalidHost { input, host });
         }
         if port == 0 {
-            return Err(TargetParseError::InvalidPort {
-                input,
-                port: "0".to_owned(),
-            });
+            return Err(TargetParseError::InvalidPort { input, port: "0".to_owned() });
         }
         Ok(SshTarget { user, host, port })
     }
 
     /// The host as written in URLs and `known_hosts`: IPv6 literals get brackets.
     fn bracketed_host(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        }
+        if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() }
     }
 
     /// The name OpenSSH looks up in `known_hosts`: `host` on port 22, `[host]:port` otherwise.
     pub fn known_hosts_name(&self) -> String {
-        if self.port == DEFAULT_SSH_PORT {
-            self.host.clone()
-        } else {
-            format!("[{}]:{}", self.host, self.port)
-        }
+        if self.port == DEFAULT_SSH_PORT { self.host.clone() } else { format!("[{}]:{}", self.host, self.port) }
     }
 
     /// `host:port` suitable for `tokio::net::TcpStream::connect` (IPv6 literals bracketed).
@@ -150,32 +133,23 @@ impl FromStr for SshTarget {
         }
         let owned = || trimmed.to_owned();
         // OpenSSH splits at the last '@', so user names may themselves contain one.
-        let (user, rest) = trimmed
-            .rsplit_once('@')
-            .ok_or_else(|| TargetParseError::MissingUser { input: owned() })?;
+        let (user, rest) = trimmed.rsplit_once('@').ok_or_else(|| TargetParseError::MissingUser { input: owned() })?;
         if !valid_user(user) {
             return Err(TargetParseError::InvalidUser { input: owned() });
         }
         let (host, port_text) = if let Some(after_bracket) = rest.strip_prefix('[') {
-            let (inside, tail) = after_bracket
-                .split_once(']')
-                .ok_or_else(|| TargetParseError::MalformedBrackets { input: owned() })?;
+            let (inside, tail) =
+                after_bracket.split_once(']').ok_or_else(|| TargetParseError::MalformedBrackets { input: owned() })?;
             let port = if tail.is_empty() {
                 None
             } else {
-                Some(
-                    tail.strip_prefix(':')
-                        .ok_or_else(|| TargetParseError::MalformedBrackets { input: owned() })?,
-                )
+                Some(tail.strip_prefix(':').ok_or_else(|| TargetParseError::MalformedBrackets { input: owned() })?)
             };
             (inside, port)
         } else if rest.matches(':').count() >= 2 {
             // A bare IPv6 literal (`user@::1`): it cannot carry a port without brackets.
             if rest.parse::<Ipv6Addr>().is_err() {
-                return Err(TargetParseError::InvalidHost {
-                    input: owned(),
-                    host: rest.to_owned(),
-                });
+                return Err(TargetParseError::InvalidHost { input: owned(), host: rest.to_owned() });
             }
             (rest, None)
         } else if let Some((host, port)) = rest.split_once(':') {
@@ -184,28 +158,18 @@ impl FromStr for SshTarget {
             (rest, None)
         };
         if !valid_host(host) {
-            return Err(TargetParseError::InvalidHost {
-                input: owned(),
-                host: host.to_owned(),
-            });
+            return Err(TargetParseError::InvalidHost { input: owned(), host: host.to_owned() });
         }
         let port = match port_text {
             None => DEFAULT_SSH_PORT,
             Some(text) => match text.parse::<u16>() {
                 Ok(port) if port != 0 && !text.starts_with('+') => port,
                 _ => {
-                    return Err(TargetParseError::InvalidPort {
-                        input: owned(),
-                        port: text.to_owned(),
-                    });
+                    return Err(TargetParseError::InvalidPort { input: owned(), port: text.to_owned() });
                 }
             },
         };
-        Ok(SshTarget {
-            user: user.to_owned(),
-            host: host.to_owned(),
-            port,
-        })
+        Ok(SshTarget { user: user.to_owned(), host: host.to_owned(), port })
     }
 }
 
@@ -213,9 +177,7 @@ fn valid_user(user: &str) -> bool {
     !user.is_empty()
         && user.len() <= MAX_USER_LEN
         && !user.starts_with('-')
-        && user
-            .chars()
-            .all(|c| !c.is_whitespace() && !c.is_control() && c != ':' && c != '/')
+        && user.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != ':' && c != '/')
 }
 
 fn valid_host(host: &str) -> bool {
@@ -225,8 +187,7 @@ fn valid_host(host: &str) -> bool {
     if host.contains(':') {
         return host.parse::<Ipv6Addr>().is_ok();
     }
-    host.chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 #[cfg(test)]
@@ -241,18 +202,11 @@ mod tests {
     fn parses_user_host_and_optional_port() {
         assert_eq!(
             parse("root@gpu-01.example.net").ok(),
-            Some(SshTarget {
-                user: "root".into(),
-                host: "gpu-01.example.net".into(),
-                port: 22
-            })
+            Some(SshTarget { user: "root".into(), host: "gpu-01.example.net".into(), port: 22 })
         );
         let t = parse("ops@10.0.0.7:2222").ok();
         assert_eq!(t.as_ref().map(|t| t.port), Some(2222));
-        assert_eq!(
-            t.map(|t| t.known_hosts_name()),
-            Some("[10.0.0.7]:2222".into())
-        );
+        assert_eq!(t.map(|t| t.known_hosts_name()), Some("[10.0.0.7]:2222".into()));
     }
 
     #[test]
@@ -260,19 +214,10 @@ mod tests {
         let t = parse("root@[::1]:2200").ok();
         assert_eq!(t.as_ref().map(|t| t.host.as_str()), Some("::1"));
         assert_eq!(t.as_ref().map(|t| t.port), Some(2200));
-        assert_eq!(
-            t.as_ref().map(|t| t.socket_addr_string()),
-            Some("[::1]:2200".into())
-        );
-        assert_eq!(
-            t.as_ref().map(|t| t.to_string()),
-            Some("root@[::1]:2200".into())
-        );
+        assert_eq!(t.as_ref().map(|t| t.socket_addr_string()), Some("[::1]:2200".into()));
+        assert_eq!(t.as_ref().map(|t| t.to_string()), Some("root@[::1]:2200".into()));
         assert_eq!(parse("root@[::1]").ok().map(|t| t.port), Some(22));
-        assert_eq!(
-            parse("root@fe80::1").ok().map(|t| t.host),
-            Some("fe80::1".into())
-        );
+        assert_eq!(parse("root@fe80::1").ok().map(|t| t.host), Some("fe80::1".into()));
     }
 
     #[test]
@@ -317,13 +262,7 @@ mod tests {
     #[test]
     fn new_validates_parts() {
         assert!(SshTarget::new("root", "127.0.0.1", 22).is_ok());
-        assert_eq!(
-            SshTarget::new("root", "::1", 0).map_err(|e| e.code()),
-            Err("target_invalid_port")
-        );
-        assert_eq!(
-            SshTarget::new("", "h", 22).map_err(|e| e.code()),
-            Err("target_invalid_user")
-        );
+        assert_eq!(SshTarget::new("root", "::1", 0).map_err(|e| e.code()), Err("target_invalid_port"));
+        assert_eq!(SshTarget::new("", "h", 22).map_err(|e| e.code()), Err("target_invalid_user"));
     }
 }

@@ -160,6 +160,8 @@ impl Sshd {
 
     fn write_config(&self) {
         let d = self.dir.path().display();
+        // LogLevel VERBOSE: tests count logins in the log. Not DEBUG: with -e, sshd would copy debug
+        // lines into the sessions' stderr.
         let config = format!(
             "Port {port}\n\
              ListenAddress 127.0.0.1\n\
@@ -326,6 +328,18 @@ impl Sshd {
 
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Command lines of every process sshd spawned (connection handlers and the commands they run).
+    pub fn descendant_cmdlines(&self) -> Vec<String> {
+        let Some(pid) = self.pid() else {
+            return Vec::new();
+        };
+        descendants(pid)
+            .into_iter()
+            .filter_map(|p| fs::read(format!("/proc/{p}/cmdline")).ok())
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_owned())
+            .collect()
     }
 
     /// Kills the per-connection sshd processes and their commands; the listener stays up.

@@ -1,0 +1,11 @@
+//! Fuzz `parse_nvidia_xml`: any UTF-8 input must give a result or a typed error, never a panic.
+#![no_main]
+
+use hwledger_adapters::gpu::parse_nvidia_xml;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = parse_nvidia_xml(text);
+    }
+});
