@@ -93,9 +93,15 @@ pub fn encode_value<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a value written by [`encode_value`].
+/// Values (state snapshots) may be large; the limit only bounds allocation for a corrupt value.
 pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) =
-        bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    const VALUE_CONFIG: bincode::config::Configuration<
+        bincode::config::LittleEndian,
+        bincode::config::Varint,
+        bincode::config::Limit<{ 1 << 30 }>,
+    > = bincode::config::standard().with_limit::<{ 1 << 30 }>();
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, VALUE_CONFIG)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError::Trailing(bytes.len() - used));
     }
