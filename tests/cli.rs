@@ -161,3 +161,49 @@ fn verify_with_recorded_head_detects_truncation() {
     let o = hw(&data, &["verify", "--head", "garbage"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn serve_first_run_prints_a_working_curl_command_and_reuses_everything() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut fingerprints = Vec::new();
+    for _run in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hwledger"))
+            .arg("--data")
+            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0", "--dashboard-listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut curl = None;
+        for _ in 0..200 {
+            let Some(Ok(line)) = lines.next() else { break };
+            if line.trim_start().starts_with("curl --cert") {
+                curl = Some(line.trim().to_owned());
+                break;
+            }
+        }
+        let curl = curl.expect("serve printed a curl command");
+        let args: Vec<&str> = curl.split_whitespace().skip(1).collect();
+        let out = Command::new("curl").arg("-sS").args(&args).output().expect("run curl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(body["devices"].is_array(), "{body}");
+        // Without the client certificate the handshake fails.
+        let no_cert: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| !a.contains("operator-admin"))
+            .filter(|a| *a != "--cert" && *a != "--key")
+            .collect();
+        let out = Command::new("curl").arg("-sS").args(&no_cert).output().unwrap();
+        assert!(!out.status.success());
+        let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+        let _ = child.wait();
+        let ca = std::fs::read(data.join("operator/ca.crt")).unwrap();
+        fingerprints.push((ca, std::fs::read(data.join("operator/operator-admin.crt")).unwrap()));
+    }
+    assert_eq!(fingerprints[0], fingerprints[1], "second run reuses the CA and the operator bundle");
+}

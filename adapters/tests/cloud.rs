@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use hwledger_adapters::cloud::{
-    ApiKey, ClientOptions, CloudClient, CloudError, LambdaClient, PriceCache, PriceOffer, Provider,
-    RentalInstance, RunPodClient, VastClient, gpu_type_key, parse_retry_after,
+    ApiKey, ClientOptions, CloudClient, CloudError, LambdaClient, PriceCache, PriceOffer, Provider, RentalInstance,
+    RunPodClient, VastClient, gpu_type_key, parse_retry_after,
 };
 
 /// The key the stub accepts. Distinctive so a leak into any error text is easy to spot.
@@ -69,23 +69,11 @@ mod stub {
                 .and(warp::query::<HashMap<String, String>>())
                 .and(warp::header::optional::<String>("authorization"))
                 .and(warp::body::bytes())
-                .and_then(
-                    move |method,
-                          path: warp::path::FullPath,
-                          query,
-                          auth,
-                          body: warp::hyper::body::Bytes| {
-                        let state = shared.clone();
-                        async move {
-                            Ok::<_, Infallible>(
-                                handle(&state, method, path.as_str(), query, auth, &body).await,
-                            )
-                        }
-                    },
-                );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind stub");
+                .and_then(move |method, path: warp::path::FullPath, query, auth, body: warp::hyper::body::Bytes| {
+                    let state = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, method, path.as_str(), query, auth, &body).await) }
+                });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
             let addr = listener.local_addr().expect("stub address");
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(
@@ -96,11 +84,7 @@ mod stub {
                     })
                     .run(),
             );
-            Stub {
-                addr,
-                state,
-                _shutdown: tx,
-            }
+            Stub { addr, state, _shutdown: tx }
         }
 
         /// The base URL for a scenario.
@@ -152,16 +136,14 @@ mod stub {
             state.queries.lock().insert(scenario.clone(), q.clone());
         }
         if auth.as_deref() != Some(format!("Bearer {KEY}").as_str()) {
-            return reply(
-                401,
-                &[],
-                fixture("cloud-stub/lambda/error-invalid-api-key.json"),
-            );
+            return reply(401, &[], fixture("cloud-stub/lambda/error-invalid-api-key.json"));
         }
         let ok = || serve_ok(&method, &rest, body);
         match scenario.as_str() {
             s if s.starts_with("ok") => ok(),
-            "runpod-docs" => reply(200, &[], fixture("gpu-and-cloud/runpod/runpod-docs-graphql-gputype-lowestprice.json")),
+            "runpod-docs" => {
+                reply(200, &[], fixture("gpu-and-cloud/runpod/runpod-docs-graphql-gputype-lowestprice.json"))
+            }
             "lambda-old" => reply(200, &[], fixture("cloud-stub/lambda/instance-types-v1.5.3-example.json")),
             "unauthorized" => reply(401, &[], fixture("cloud-stub/lambda/error-invalid-api-key.json")),
             "forbidden" => reply(403, &[], b"{\"error\":\"forbidden\"}".to_vec()),
@@ -176,9 +158,7 @@ mod stub {
             "ratelimit-date-once" => ok(),
             "ratelimit-always" => reply(429, &[("retry-after", "1")], Vec::new()),
             "ratelimit-long" => reply(429, &[("retry-after", "3600")], Vec::new()),
-            "ratelimit-future-date" => {
-                reply(429, &[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")], Vec::new())
-            }
+            "ratelimit-future-date" => reply(429, &[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")], Vec::new()),
             "ratelimit-bare" => reply(429, &[], Vec::new()),
             "ratelimit-garbled" => reply(429, &[("retry-after", "soon")], Vec::new()),
             "malformed" => reply(200, &[], b"{\"offers\": [{\"id\": 1, \"gpu_name\": \"RTX".to_vec()),
@@ -186,8 +166,12 @@ mod stub {
             "empty" => reply(200, &[], Vec::new()),
             "wrong-shape" => reply(200, &[], b"{\"unexpected\": true}".to_vec()),
             "wrong-type" => reply(200, &[], b"{\"offers\": {\"a\": 1}, \"instances\": 7, \"data\": \"x\"}".to_vec()),
-            "trailing" => reply(200, &[], fixture("gpu-and-cloud/vast/vast-python-search-offers-json-then-error-line.json")),
-            "graphql-error" => reply(200, &[], fixture("gpu-and-cloud/runpod/runpod-python-issue21-no-instances-available-error.json")),
+            "trailing" => {
+                reply(200, &[], fixture("gpu-and-cloud/vast/vast-python-search-offers-json-then-error-line.json"))
+            }
+            "graphql-error" => {
+                reply(200, &[], fixture("gpu-and-cloud/runpod/runpod-python-issue21-no-instances-available-error.json"))
+            }
             "slow" => {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 ok()
@@ -200,10 +184,19 @@ mod stub {
                 reply(200, &[], body)
             }
             "leak-trailing" => reply(200, &[], format!("{{\"offers\": []}}\nkey {KEY} is not valid here").into_bytes()),
-            "leak-graphql" => reply(200, &[], format!("{{\"errors\": [{{\"message\": \"bad key {KEY}\"}}]}}").into_bytes()),
+            "leak-graphql" => {
+                reply(200, &[], format!("{{\"errors\": [{{\"message\": \"bad key {KEY}\"}}]}}").into_bytes())
+            }
             "leak-malformed" => reply(200, &[], format!("{{\"offers\": [\"{KEY}\" {KEY}").into_bytes()),
-            "leak-vast-msg" => reply(200, &[], format!("{{\"success\": false, \"msg\": \"key {KEY} unknown\"}}").into_bytes()),
-            "leak-lambda-error" => reply(200, &[], format!("{{\"error\": {{\"code\": \"global/invalid-api-key\", \"message\": \"{KEY} invalid\"}}}}").into_bytes()),
+            "leak-vast-msg" => {
+                reply(200, &[], format!("{{\"success\": false, \"msg\": \"key {KEY} unknown\"}}").into_bytes())
+            }
+            "leak-lambda-error" => reply(
+                200,
+                &[],
+                format!("{{\"error\": {{\"code\": \"global/invalid-api-key\", \"message\": \"{KEY} invalid\"}}}}")
+                    .into_bytes(),
+            ),
             _ => reply(404, &[], b"unknown scenario".to_vec()),
         }
     }
@@ -214,20 +207,12 @@ mod stub {
             ("GET", "/api/v0/bundles/") => reply(
                 200,
                 &[],
-                wrapped(
-                    "{\"offers\": ",
-                    "gpu-and-cloud/vast/vast-python-search-offers-2x-rtx3090-a.json",
-                    "}",
-                ),
+                wrapped("{\"offers\": ", "gpu-and-cloud/vast/vast-python-search-offers-2x-rtx3090-a.json", "}"),
             ),
             ("GET", "/api/v0/instances/") => reply(
                 200,
                 &[],
-                wrapped(
-                    "{\"instances\": [",
-                    "gpu-and-cloud/vast/vast-python-show-instance-b.json",
-                    "]}",
-                ),
+                wrapped("{\"instances\": [", "gpu-and-cloud/vast/vast-python-show-instance-b.json", "]}"),
             ),
             ("POST", "/graphql") => {
                 let query = serde_json::from_slice::<serde_json::Value>(body)
@@ -245,31 +230,17 @@ mod stub {
                         ),
                     )
                 } else if query.contains("myself") {
-                    reply(
-                        200,
-                        &[],
-                        fixture(
-                            "gpu-and-cloud/runpod/runpod-docs-graphql-myself-pods-runtime.json",
-                        ),
-                    )
+                    reply(200, &[], fixture("gpu-and-cloud/runpod/runpod-docs-graphql-myself-pods-runtime.json"))
                 } else {
-                    reply(
-                        400,
-                        &[],
-                        b"{\"errors\":[{\"message\":\"unknown query\"}]}".to_vec(),
-                    )
+                    reply(400, &[], b"{\"errors\":[{\"message\":\"unknown query\"}]}".to_vec())
                 }
             }
-            ("GET", "/api/v1/instance-types") => reply(
-                200,
-                &[],
-                fixture("cloud-stub/lambda/instance-types-v1.10.0-example.json"),
-            ),
-            ("GET", "/api/v1/instances") => reply(
-                200,
-                &[],
-                fixture("cloud-stub/lambda/instances-v1.10.0-example.json"),
-            ),
+            ("GET", "/api/v1/instance-types") => {
+                reply(200, &[], fixture("cloud-stub/lambda/instance-types-v1.10.0-example.json"))
+            }
+            ("GET", "/api/v1/instances") => {
+                reply(200, &[], fixture("cloud-stub/lambda/instances-v1.10.0-example.json"))
+            }
             _ => reply(404, &[], b"no such route".to_vec()),
         }
     }
@@ -277,9 +248,7 @@ mod stub {
     /// A one-connection raw HTTP server whose answer has no Content-Length: 64 KiB chunks, 2 MiB in
     /// all, so only the client's running count can stop it. Returns the base URL.
     pub async fn chunked_server() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move {
             let Ok((mut socket, _)) = listener.accept().await else {
@@ -332,17 +301,11 @@ fn client(provider: Provider, base_url: String) -> CloudClient {
 }
 
 fn assert_close(actual: f64, expected: f64) {
-    assert!(
-        (actual - expected).abs() < 1e-9,
-        "expected {expected}, got {actual}"
-    );
+    assert!((actual - expected).abs() < 1e-9, "expected {expected}, got {actual}");
 }
 
 fn offer<'a>(offers: &'a [PriceOffer], id: &str) -> &'a PriceOffer {
-    offers
-        .iter()
-        .find(|o| o.offer_id == id)
-        .unwrap_or_else(|| panic!("no offer {id} in {offers:#?}"))
+    offers.iter().find(|o| o.offer_id == id).unwrap_or_else(|| panic!("no offer {id} in {offers:#?}"))
 }
 
 // ---------------------------------------------------------------- parsing the captured responses
@@ -369,8 +332,7 @@ async fn vast_offers_come_from_the_captured_search() {
     assert_close(one.price_per_hour_usd, 1.3347222222222221);
     assert_close(one.price_per_gpu_hour_usd, 1.3347222222222221);
 
-    let q: serde_json::Value =
-        serde_json::from_str(&stub.last_query("ok").expect("q sent")).expect("q is JSON");
+    let q: serde_json::Value = serde_json::from_str(&stub.last_query("ok").expect("q sent")).expect("q is JSON");
     assert_eq!(q["rentable"]["eq"], serde_json::json!(true));
     assert!(q.get("gpu_name").is_none());
 }
@@ -381,8 +343,7 @@ async fn vast_filter_is_sent_to_the_api_and_applied_locally() {
     let vast = VastClient::new(key(), options(Provider::Vast, stub.url("ok"))).expect("client");
     let offers = vast.offers(Some("RTX_3090")).await.expect("offers");
     assert_eq!(offers.len(), 2);
-    let q: serde_json::Value =
-        serde_json::from_str(&stub.last_query("ok").expect("q sent")).expect("q is JSON");
+    let q: serde_json::Value = serde_json::from_str(&stub.last_query("ok").expect("q sent")).expect("q is JSON");
     assert_eq!(q["gpu_name"]["eq"], serde_json::json!("RTX 3090"));
 
     // The stub ignores the filter and still answers with RTX 3090s: the client drops them.
@@ -413,24 +374,13 @@ async fn vast_instances_come_from_the_captured_show_instance() {
 #[tokio::test]
 async fn runpod_offers_come_from_the_real_gpu_types_capture() {
     let stub = Stub::start().await;
-    let runpod =
-        RunPodClient::new(key(), options(Provider::RunPod, stub.url("ok"))).expect("client");
+    let runpod = RunPodClient::new(key(), options(Provider::RunPod, stub.url("ok"))).expect("client");
     let offers = runpod.offers(None).await.expect("offers");
     // 38 real types (the 'unknown' entry is skipped) priced on 23 secure + 32 community clouds.
     assert_eq!(offers.len(), 55);
-    assert_eq!(
-        offers
-            .iter()
-            .filter(|o| o.offer_id.ends_with(":secure"))
-            .count(),
-        23
-    );
+    assert_eq!(offers.iter().filter(|o| o.offer_id.ends_with(":secure")).count(), 23);
     assert!(offers.iter().all(|o| !o.offer_id.starts_with("unknown")));
-    assert!(
-        offers
-            .iter()
-            .all(|o| o.price_per_hour_usd > 0.0 && o.gpu_count == 1)
-    );
+    assert!(offers.iter().all(|o| o.price_per_hour_usd > 0.0 && o.gpu_count == 1));
 
     // MI300X: secure cloud only; the community placeholder price (communityCloud: false) is ignored.
     let mi300x: Vec<_> = offers.iter().filter(|o| o.gpu_name == "MI300X").collect();
@@ -448,10 +398,7 @@ async fn runpod_offers_come_from_the_real_gpu_types_capture() {
     let rtx3090 = offer(&offers, "NVIDIA GeForce RTX 3090:community");
     assert_close(rtx3090.price_per_hour_usd, 0.22);
     assert_eq!(rtx3090.vram_mib, Some(24 * 1024));
-    assert_close(
-        offer(&offers, "NVIDIA GeForce RTX 3090:secure").price_per_hour_usd,
-        0.46,
-    );
+    assert_close(offer(&offers, "NVIDIA GeForce RTX 3090:secure").price_per_hour_usd, 0.46);
 
     let filtered = runpod.offers(Some("rtx 3090")).await.expect("offers");
     let names: Vec<_> = filtered.iter().map(|o| o.gpu_name.as_str()).collect();
@@ -461,8 +408,7 @@ async fn runpod_offers_come_from_the_real_gpu_types_capture() {
 #[tokio::test]
 async fn runpod_lowest_price_is_used_when_no_cloud_price_is_given() {
     let stub = Stub::start().await;
-    let runpod = RunPodClient::new(key(), options(Provider::RunPod, stub.url("runpod-docs")))
-        .expect("client");
+    let runpod = RunPodClient::new(key(), options(Provider::RunPod, stub.url("runpod-docs"))).expect("client");
     let offers = runpod.offers(None).await.expect("offers");
     assert_eq!(offers.len(), 1);
     assert_eq!(offers[0].offer_id, "NVIDIA GeForce RTX 3090:lowest");
@@ -474,8 +420,7 @@ async fn runpod_lowest_price_is_used_when_no_cloud_price_is_given() {
 #[tokio::test]
 async fn runpod_pods_come_from_the_docs_example() {
     let stub = Stub::start().await;
-    let runpod =
-        RunPodClient::new(key(), options(Provider::RunPod, stub.url("ok"))).expect("client");
+    let runpod = RunPodClient::new(key(), options(Provider::RunPod, stub.url("ok"))).expect("client");
     let instances = runpod.instances().await.expect("instances");
     assert_eq!(
         instances,
@@ -497,8 +442,7 @@ async fn runpod_pods_come_from_the_docs_example() {
 #[tokio::test]
 async fn lambda_offers_come_from_the_documented_instance_types() {
     let stub = Stub::start().await;
-    let lambda =
-        LambdaClient::new(key(), options(Provider::Lambda, stub.url("ok"))).expect("client");
+    let lambda = LambdaClient::new(key(), options(Provider::Lambda, stub.url("ok"))).expect("client");
     let offers = lambda.offers(None).await.expect("offers");
     assert_eq!(
         offers,
@@ -519,8 +463,7 @@ async fn lambda_offers_come_from_the_documented_instance_types() {
 #[tokio::test]
 async fn lambda_old_docs_with_string_prices_and_no_gpu_fields_still_parse() {
     let stub = Stub::start().await;
-    let lambda = LambdaClient::new(key(), options(Provider::Lambda, stub.url("lambda-old")))
-        .expect("client");
+    let lambda = LambdaClient::new(key(), options(Provider::Lambda, stub.url("lambda-old"))).expect("client");
     let offers = lambda.offers(None).await.expect("offers");
     assert_eq!(offers.len(), 2);
     let a100 = offer(&offers, "gpu_1x_a100@us-tx-1");
@@ -539,8 +482,7 @@ async fn lambda_old_docs_with_string_prices_and_no_gpu_fields_still_parse() {
 #[tokio::test]
 async fn lambda_instances_come_from_the_documented_instance() {
     let stub = Stub::start().await;
-    let lambda =
-        LambdaClient::new(key(), options(Provider::Lambda, stub.url("ok"))).expect("client");
+    let lambda = LambdaClient::new(key(), options(Provider::Lambda, stub.url("ok"))).expect("client");
     let instances = lambda.instances().await.expect("instances");
     assert_eq!(
         instances,
@@ -560,10 +502,7 @@ async fn lambda_instances_come_from_the_documented_instance() {
 // ---------------------------------------------------------------- errors
 
 async fn offers_error(stub: &Stub, provider: Provider, scenario: &str) -> CloudError {
-    client(provider, stub.url(scenario))
-        .offers(None)
-        .await
-        .expect_err(scenario)
+    client(provider, stub.url(scenario)).offers(None).await.expect_err(scenario)
 }
 
 #[tokio::test]
@@ -588,27 +527,14 @@ async fn every_failure_route_maps_to_its_typed_error_for_every_provider() {
         for (scenario, code) in cases {
             let error = offers_error(&stub, provider, scenario).await;
             assert_eq!(error.code(), code, "{provider} {scenario}: {error}");
-            let instances_error = client(provider, stub.url(scenario))
-                .instances()
-                .await
-                .expect_err(scenario);
-            assert_eq!(
-                instances_error.code(),
-                code,
-                "{provider} {scenario} instances"
-            );
+            let instances_error = client(provider, stub.url(scenario)).instances().await.expect_err(scenario);
+            assert_eq!(instances_error.code(), code, "{provider} {scenario} instances");
         }
     }
     let error = offers_error(&stub, Provider::Vast, "forbidden").await;
-    assert!(
-        matches!(error, CloudError::Unauthorized { status: 403, .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, CloudError::Unauthorized { status: 403, .. }), "{error:?}");
     let error = offers_error(&stub, Provider::Vast, "bad-gateway").await;
-    assert!(
-        matches!(error, CloudError::Server { status: 502, .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, CloudError::Server { status: 502, .. }), "{error:?}");
     let error = offers_error(&stub, Provider::Lambda, "unauthorized").await;
     assert!(error.to_string().contains("LAMBDA_API_KEY"), "{error}");
 }
@@ -621,11 +547,7 @@ async fn rate_limit_without_a_usable_or_acceptable_wait_is_returned_at_once() {
         matches!(error, CloudError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600)),
         "{error:?}"
     );
-    assert_eq!(
-        stub.hits("ratelimit-long"),
-        1,
-        "a wait above the cap is not retried"
-    );
+    assert_eq!(stub.hits("ratelimit-long"), 1, "a wait above the cap is not retried");
 
     let error = offers_error(&stub, Provider::Vast, "ratelimit-future-date").await;
     assert!(
@@ -635,16 +557,7 @@ async fn rate_limit_without_a_usable_or_acceptable_wait_is_returned_at_once() {
     assert_eq!(stub.hits("ratelimit-future-date"), 1);
 
     let error = offers_error(&stub, Provider::Vast, "ratelimit-bare").await;
-    assert!(
-        matches!(
-            error,
-            CloudError::RateLimited {
-                retry_after: None,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(matches!(error, CloudError::RateLimited { retry_after: None, .. }), "{error:?}");
     assert_eq!(stub.hits("ratelimit-bare"), 1);
 }
 
@@ -652,16 +565,11 @@ async fn rate_limit_without_a_usable_or_acceptable_wait_is_returned_at_once() {
 async fn rate_limit_with_retry_after_seconds_is_retried_once() {
     let stub = Stub::start().await;
     let started = Instant::now();
-    let offers = client(Provider::Vast, stub.url("ratelimit-once"))
-        .offers(None)
-        .await
-        .expect("second attempt succeeds");
+    let offers =
+        client(Provider::Vast, stub.url("ratelimit-once")).offers(None).await.expect("second attempt succeeds");
     assert_eq!(offers.len(), 2);
     assert_eq!(stub.hits("ratelimit-once"), 2);
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "Retry-After: 1 was waited out"
-    );
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was waited out");
 
     let error = offers_error(&stub, Provider::RunPod, "ratelimit-always").await;
     assert!(
@@ -674,10 +582,8 @@ async fn rate_limit_with_retry_after_seconds_is_retried_once() {
 #[tokio::test]
 async fn rate_limit_with_a_past_http_date_is_retried_at_once() {
     let stub = Stub::start().await;
-    let offers = client(Provider::Lambda, stub.url("ratelimit-date-once"))
-        .offers(None)
-        .await
-        .expect("second attempt succeeds");
+    let offers =
+        client(Provider::Lambda, stub.url("ratelimit-date-once")).offers(None).await.expect("second attempt succeeds");
     assert_eq!(offers.len(), 1);
     assert_eq!(stub.hits("ratelimit-date-once"), 2);
 }
@@ -713,19 +619,12 @@ async fn graphql_errors_are_provider_errors() {
 #[tokio::test]
 async fn a_slow_answer_is_a_timeout() {
     let stub = Stub::start().await;
-    let options =
-        options(Provider::Vast, stub.url("slow")).with_timeout(Duration::from_millis(300));
+    let options = options(Provider::Vast, stub.url("slow")).with_timeout(Duration::from_millis(300));
     let vast = VastClient::new(key(), options).expect("client");
     let started = Instant::now();
     let error = vast.offers(None).await.expect_err("times out");
-    assert!(
-        matches!(error, CloudError::Timeout { timeout, .. } if timeout == Duration::from_millis(300)),
-        "{error:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "gave up at the timeout"
-    );
+    assert!(matches!(error, CloudError::Timeout { timeout, .. } if timeout == Duration::from_millis(300)), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "gave up at the timeout");
 }
 
 #[tokio::test]
@@ -733,30 +632,15 @@ async fn oversized_bodies_are_refused() {
     let stub = Stub::start().await;
     // Declared length above the default 8 MiB cap.
     let error = offers_error(&stub, Provider::Vast, "huge").await;
-    assert!(
-        matches!(error, CloudError::TooLarge { limit_bytes, .. } if limit_bytes == 8 * 1024 * 1024),
-        "{error:?}"
-    );
+    assert!(matches!(error, CloudError::TooLarge { limit_bytes, .. } if limit_bytes == 8 * 1024 * 1024), "{error:?}");
     // A configured, smaller cap applies to an ordinary answer.
     let small = options(Provider::Vast, stub.url("ok")).with_max_body_bytes(1024);
-    let error = VastClient::new(key(), small)
-        .expect("client")
-        .offers(None)
-        .await
-        .expect_err("too large");
+    let error = VastClient::new(key(), small).expect("client").offers(None).await.expect_err("too large");
     assert_eq!(error.code(), "too_large");
     // Chunked answer without Content-Length: stopped by the running count.
-    let chunked =
-        options(Provider::Vast, stub::chunked_server().await).with_max_body_bytes(256 * 1024);
-    let error = VastClient::new(key(), chunked)
-        .expect("client")
-        .offers(None)
-        .await
-        .expect_err("too large");
-    assert!(
-        matches!(error, CloudError::TooLarge { limit_bytes, .. } if limit_bytes == 256 * 1024),
-        "{error:?}"
-    );
+    let chunked = options(Provider::Vast, stub::chunked_server().await).with_max_body_bytes(256 * 1024);
+    let error = VastClient::new(key(), chunked).expect("client").offers(None).await.expect_err("too large");
+    assert!(matches!(error, CloudError::TooLarge { limit_bytes, .. } if limit_bytes == 256 * 1024), "{error:?}");
 }
 
 #[tokio::test]
@@ -764,10 +648,7 @@ async fn an_unreachable_api_is_a_transport_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     drop(listener);
-    let error = client(Provider::RunPod, format!("http://{addr}"))
-        .offers(None)
-        .await
-        .expect_err("nothing listens");
+    let error = client(Provider::RunPod, format!("http://{addr}")).offers(None).await.expect_err("nothing listens");
     assert_eq!(error.code(), "transport", "{error:?}");
     assert!(error.is_transient());
 }
@@ -777,13 +658,9 @@ async fn a_wrong_key_is_refused_by_the_stub_for_every_provider() {
     let stub = Stub::start().await;
     for provider in Provider::ALL {
         let wrong = ApiKey::new("not-the-key").expect("key");
-        let client =
-            CloudClient::new(provider, wrong, options(provider, stub.url("ok"))).expect("client");
+        let client = CloudClient::new(provider, wrong, options(provider, stub.url("ok"))).expect("client");
         let error = client.offers(None).await.expect_err("wrong key");
-        assert!(
-            matches!(error, CloudError::Unauthorized { status: 401, .. }),
-            "{provider}: {error:?}"
-        );
+        assert!(matches!(error, CloudError::Unauthorized { status: 401, .. }), "{provider}: {error:?}");
         // The same route with the right key succeeds (every parsing test above relies on it):
         // so the key travels as "Authorization: Bearer <key>" for all three providers.
         let right = self::client(provider, stub.url("ok"));
@@ -809,44 +686,21 @@ async fn the_api_key_never_appears_in_errors_or_debug_output() {
             "ratelimit-bare",
         ] {
             let c = client(provider, stub.url(scenario));
-            assert!(
-                !format!("{c:?}").contains(KEY),
-                "client Debug shows the key"
-            );
+            assert!(!format!("{c:?}").contains(KEY), "client Debug shows the key");
             errors.push(c.offers(None).await.expect_err(scenario));
             errors.push(c.instances().await.expect_err(scenario));
         }
     }
     let slow = options(Provider::Vast, stub.url("slow")).with_timeout(Duration::from_millis(200));
-    errors.push(
-        VastClient::new(key(), slow)
-            .expect("client")
-            .offers(None)
-            .await
-            .expect_err("timeout"),
-    );
+    errors.push(VastClient::new(key(), slow).expect("client").offers(None).await.expect_err("timeout"));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let closed = format!("http://{}", listener.local_addr().expect("address"));
     drop(listener);
-    errors.push(
-        client(Provider::Lambda, closed)
-            .offers(None)
-            .await
-            .expect_err("transport"),
-    );
+    errors.push(client(Provider::Lambda, closed).offers(None).await.expect_err("transport"));
 
     let codes: std::collections::BTreeSet<_> = errors.iter().map(CloudError::code).collect();
-    for expected in [
-        "trailing_garbage",
-        "provider_error",
-        "malformed_json",
-        "timeout",
-        "transport",
-    ] {
-        assert!(
-            codes.contains(expected),
-            "{expected} not exercised: {codes:?}"
-        );
+    for expected in ["trailing_garbage", "provider_error", "malformed_json", "timeout", "transport"] {
+        assert!(codes.contains(expected), "{expected} not exercised: {codes:?}");
     }
     for error in &errors {
         let shown = format!("{error} {error:?}");
@@ -873,33 +727,17 @@ async fn cached_quotes_are_reused_within_the_ttl_and_refetched_after_it() {
 
     let first = cache.offers(&vast, None, t0).await.expect("fetch");
     assert_eq!(stub.hits("ok-cache"), 1);
-    let again = cache
-        .offers(&vast, None, t0 + Duration::from_secs(59 * 60))
-        .await
-        .expect("cached");
+    let again = cache.offers(&vast, None, t0 + Duration::from_secs(59 * 60)).await.expect("cached");
     assert_eq!(stub.hits("ok-cache"), 1, "no HTTP request within the hour");
     assert_eq!(first, again);
 
     // Another filter is another entry.
-    cache
-        .offers(&vast, Some("RTX_3090"), t0)
-        .await
-        .expect("fetch");
+    cache.offers(&vast, Some("RTX_3090"), t0).await.expect("fetch");
     assert_eq!(stub.hits("ok-cache"), 2);
-    cache
-        .offers(&vast, Some("rtx 3090"), t0)
-        .await
-        .expect("cached");
-    assert_eq!(
-        stub.hits("ok-cache"),
-        2,
-        "filters are compared by GPU type key"
-    );
+    cache.offers(&vast, Some("rtx 3090"), t0).await.expect("cached");
+    assert_eq!(stub.hits("ok-cache"), 2, "filters are compared by GPU type key");
 
-    cache
-        .offers(&vast, None, t0 + Duration::from_secs(60 * 60))
-        .await
-        .expect("refetch");
+    cache.offers(&vast, None, t0 + Duration::from_secs(60 * 60)).await.expect("refetch");
     assert_eq!(stub.hits("ok-cache"), 3, "expired after one hour");
 }
 
@@ -921,46 +759,27 @@ async fn cheapest_offer_per_gpu_type_across_providers() {
     let mut cache = PriceCache::new(Duration::from_secs(600));
     let t0 = Instant::now();
     for provider in Provider::ALL {
-        cache
-            .offers(&client(provider, stub.url("ok")), None, t0)
-            .await
-            .expect("fetch");
+        cache.offers(&client(provider, stub.url("ok")), None, t0).await.expect("fetch");
     }
     let cheapest = cache.cheapest_per_gpu_type(t0);
     // 38 RunPod types (vast's RTX 3090 is one of them) + Lambda's example GPU.
     assert_eq!(cheapest.len(), 39, "{cheapest:#?}");
-    let prices: Vec<f64> = cheapest
-        .iter()
-        .map(|c| c.offer.price_per_gpu_hour_usd)
-        .collect();
-    assert!(
-        prices.windows(2).all(|w| w[0] <= w[1]),
-        "sorted by $/GPU-hour"
-    );
+    let prices: Vec<f64> = cheapest.iter().map(|c| c.offer.price_per_gpu_hour_usd).collect();
+    assert!(prices.windows(2).all(|w| w[0] <= w[1]), "sorted by $/GPU-hour");
     assert_eq!(cheapest[0].gpu_type, "rtx a2000");
     assert_close(cheapest[0].offer.price_per_gpu_hour_usd, 0.12);
 
     // RTX 3090: RunPod community ($0.22) beats vast ($1.33/GPU) and RunPod secure ($0.46).
-    let rtx3090 = cheapest
-        .iter()
-        .find(|c| c.gpu_type == "rtx 3090")
-        .expect("rtx 3090");
+    let rtx3090 = cheapest.iter().find(|c| c.gpu_type == "rtx 3090").expect("rtx 3090");
     assert_eq!(rtx3090.offer.provider, Provider::RunPod);
     assert_eq!(rtx3090.offer.offer_id, "NVIDIA GeForce RTX 3090:community");
 
-    let example = cheapest
-        .iter()
-        .find(|c| c.gpu_type == "example gpu sxm4")
-        .expect("lambda type");
+    let example = cheapest.iter().find(|c| c.gpu_type == "example gpu sxm4").expect("lambda type");
     assert_eq!(example.offer.provider, Provider::Lambda);
     assert_close(example.offer.price_per_gpu_hour_usd, 1.99);
 
     // Once the quotes expire nothing is "current" any more.
-    assert!(
-        cache
-            .cheapest_per_gpu_type(t0 + Duration::from_secs(600))
-            .is_empty()
-    );
+    assert!(cache.cheapest_per_gpu_type(t0 + Duration::from_secs(600)).is_empty());
     cache.evict_expired(t0 + Duration::from_secs(600));
     assert!(cache.fresh(Provider::Vast, None, t0).is_none());
 }
@@ -980,12 +799,7 @@ fn unavailable_offers_are_not_the_cheapest() {
         region: None,
         available,
     };
-    cache.store(
-        Provider::Lambda,
-        None,
-        vec![make("sold-out", 1.0, false), make("in-stock", 3.0, true)],
-        now,
-    );
+    cache.store(Provider::Lambda, None, vec![make("sold-out", 1.0, false), make("in-stock", 3.0, true)], now);
     let cheapest = cache.cheapest_per_gpu_type(now);
     assert_eq!(cheapest.len(), 1);
     assert_eq!(cheapest[0].offer.offer_id, "in-stock");
@@ -998,91 +812,19 @@ fn unavailable_offers_are_not_the_cheapest() {
 fn error_codes_are_stable() {
     let p = Provider::Vast;
     let cases: Vec<(CloudError, &str)> = vec![
-        (
-            CloudError::MissingApiKey {
-                provider: p,
-                env_var: "VAST_API_KEY",
-            },
-            "missing_api_key",
-        ),
+        (CloudError::MissingApiKey { provider: p, env_var: "VAST_API_KEY" }, "missing_api_key"),
         (CloudError::InvalidApiKey { reason: "x" }, "invalid_api_key"),
-        (
-            CloudError::InvalidBaseUrl {
-                provider: p,
-                detail: "x".into(),
-            },
-            "invalid_base_url",
-        ),
-        (
-            CloudError::Unauthorized {
-                provider: p,
-                status: 401,
-            },
-            "unauthorized",
-        ),
-        (
-            CloudError::RateLimited {
-                provider: p,
-                retry_after: None,
-            },
-            "rate_limited",
-        ),
-        (
-            CloudError::Server {
-                provider: p,
-                status: 500,
-            },
-            "server_error",
-        ),
-        (
-            CloudError::UnexpectedStatus {
-                provider: p,
-                status: 404,
-            },
-            "unexpected_status",
-        ),
-        (
-            CloudError::MalformedJson {
-                provider: p,
-                detail: "x".into(),
-            },
-            "malformed_json",
-        ),
-        (
-            CloudError::TrailingGarbage {
-                provider: p,
-                line: "x".into(),
-            },
-            "trailing_garbage",
-        ),
-        (
-            CloudError::ProviderError {
-                provider: p,
-                message: "x".into(),
-            },
-            "provider_error",
-        ),
-        (
-            CloudError::Timeout {
-                provider: p,
-                timeout: Duration::from_secs(1),
-            },
-            "timeout",
-        ),
-        (
-            CloudError::Transport {
-                provider: p,
-                detail: "x".into(),
-            },
-            "transport",
-        ),
-        (
-            CloudError::TooLarge {
-                provider: p,
-                limit_bytes: 1,
-            },
-            "too_large",
-        ),
+        (CloudError::InvalidBaseUrl { provider: p, detail: "x".into() }, "invalid_base_url"),
+        (CloudError::Unauthorized { provider: p, status: 401 }, "unauthorized"),
+        (CloudError::RateLimited { provider: p, retry_after: None }, "rate_limited"),
+        (CloudError::Server { provider: p, status: 500 }, "server_error"),
+        (CloudError::UnexpectedStatus { provider: p, status: 404 }, "unexpected_status"),
+        (CloudError::MalformedJson { provider: p, detail: "x".into() }, "malformed_json"),
+        (CloudError::TrailingGarbage { provider: p, line: "x".into() }, "trailing_garbage"),
+        (CloudError::ProviderError { provider: p, message: "x".into() }, "provider_error"),
+        (CloudError::Timeout { provider: p, timeout: Duration::from_secs(1) }, "timeout"),
+        (CloudError::Transport { provider: p, detail: "x".into() }, "transport"),
+        (CloudError::TooLarge { provider: p, limit_bytes: 1 }, "too_large"),
     ];
     for (error, code) in cases {
         assert_eq!(error.code(), code, "{error}");
@@ -1092,24 +834,15 @@ fn error_codes_are_stable() {
 #[test]
 fn retry_after_accepts_seconds_and_http_dates() {
     let now = time::macros::datetime!(2025-06-21 12:00:00 UTC);
-    assert_eq!(
-        parse_retry_after("120", now),
-        Some(Duration::from_secs(120))
-    );
+    assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
     assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-    assert_eq!(
-        parse_retry_after("Sat, 21 Jun 2025 12:00:30 GMT", now),
-        Some(Duration::from_secs(30))
-    );
+    assert_eq!(parse_retry_after("Sat, 21 Jun 2025 12:00:30 GMT", now), Some(Duration::from_secs(30)));
     assert_eq!(
         parse_retry_after("Sat, 21 Jun 2025 12:01:00 +0000", now),
         Some(Duration::from_secs(60)),
         "RFC 2822 form"
     );
-    assert_eq!(
-        parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-        Some(Duration::ZERO)
-    );
+    assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::ZERO));
     assert_eq!(parse_retry_after("soon", now), None);
     assert_eq!(parse_retry_after("-5", now), None);
     assert_eq!(parse_retry_after("1.5", now), None);
@@ -1134,33 +867,16 @@ fn api_keys_come_from_the_provider_variable_and_are_validated() {
 
     let blank = ApiKey::from_lookup(Provider::Vast, |_| Some("  ".into())).expect_err("blank");
     assert_eq!(blank.code(), "missing_api_key");
-    assert_eq!(
-        ApiKey::new("a b").expect_err("space").code(),
-        "invalid_api_key"
-    );
-    assert_eq!(
-        ApiKey::new("ключ").expect_err("non-ascii").code(),
-        "invalid_api_key"
-    );
-    assert_eq!(
-        ApiKey::new("").expect_err("empty").code(),
-        "invalid_api_key"
-    );
+    assert_eq!(ApiKey::new("a b").expect_err("space").code(), "invalid_api_key");
+    assert_eq!(ApiKey::new("ключ").expect_err("non-ascii").code(), "invalid_api_key");
+    assert_eq!(ApiKey::new("").expect_err("empty").code(), "invalid_api_key");
 }
 
 #[test]
 fn base_urls_must_be_plain_http_urls() {
-    for bad in [
-        "not a url",
-        "ftp://example.com",
-        "http://user:pw@example.com",
-        "http://h/?x=1",
-    ] {
-        let error = VastClient::new(
-            key(),
-            ClientOptions::for_provider(Provider::Vast).with_base_url(bad),
-        )
-        .expect_err(bad);
+    for bad in ["not a url", "ftp://example.com", "http://user:pw@example.com", "http://h/?x=1"] {
+        let error =
+            VastClient::new(key(), ClientOptions::for_provider(Provider::Vast).with_base_url(bad)).expect_err(bad);
         assert_eq!(error.code(), "invalid_base_url", "{bad}");
     }
     for provider in Provider::ALL {

@@ -227,7 +227,7 @@ impl Store {
         let io = |op, source| StoreError::Io { op, path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(|e| io("create data directory", e))?;
         set_private_dir(dir).map_err(|e| io("restrict data directory permissions", e))?;
-        let db = sled::Config::new().path(dir).segment_size(SEGMENT_SIZE).open()?;
+        let db = open_with_lock_retry(dir)?;
         let tree = db.open_tree(TREE)?;
         let data_path = dir.join("db");
         let data_file = File::open(&data_path).map_err(|source| StoreError::Io {
@@ -398,6 +398,30 @@ impl Store {
     #[doc(hidden)]
     pub fn raw_tree(&self) -> &sled::Tree {
         &self.tree
+    }
+}
+
+/// Opens sled, retrying briefly while its file lock is held: a handle dropped a moment ago in this process
+/// releases the lock only when sled's background flusher thread exits. Another process holding the store
+/// (a running server) still gets a clear error after the bounded wait.
+fn open_with_lock_retry(dir: &Path) -> Result<sled::Db, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match sled::Config::new().path(dir).segment_size(SEGMENT_SIZE).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Io {
+                    op: "lock the data directory (is a server or another hwledger using it?)",
+                    path: dir.to_path_buf(),
+                    source: e,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 mod bench;
 mod config;
 mod ledger_tools;
+mod parse;
+mod reads;
 mod serve;
 
 use std::process::ExitCode;
@@ -60,6 +62,20 @@ pub enum Command {
     Proof(ledger_tools::ProofArgs),
     /// Run the standard benchmark workloads.
     Bench(bench::BenchArgs),
+    /// List devices (registry projection).
+    Devices(reads::ReadArgs),
+    /// One device.
+    Device(reads::ReadArgs),
+    /// A device's GPU telemetry (`ID [--from T] [--to T] [--gpu N]`).
+    Telemetry(reads::ReadArgs),
+    /// Jobs and their cost.
+    Jobs(reads::ReadArgs),
+    /// Cost totals (`--window 24h|7d|30d --by device|backend|day`).
+    Cost(reads::ReadArgs),
+    /// The operator dashboard.
+    Dashboard(reads::ReadArgs),
+    /// Parse a captured GPU tool output (`--format nvidia-smi-csv|nvidia-smi-xml|rocm-smi|amd-smi|system-profiler|tailscale FILE|-`).
+    Parse(parse::ParseArgs),
 }
 
 /// Runs a parsed command line.
@@ -76,5 +92,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint(a) => ledger_tools::checkpoint(&config, &cli.global, a),
         Command::Proof(a) => ledger_tools::proof(&config, &cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::Devices(a) => reads::run(&config, &cli.global, reads::Read::Devices, a),
+        Command::Device(a) => reads::run(&config, &cli.global, reads::Read::Device, a),
+        Command::Telemetry(a) => reads::run(&config, &cli.global, reads::Read::Telemetry, a),
+        Command::Jobs(a) => reads::run(&config, &cli.global, reads::Read::Jobs, a),
+        Command::Cost(a) => reads::run(&config, &cli.global, reads::Read::Cost, a),
+        Command::Dashboard(a) => reads::run(&config, &cli.global, reads::Read::Dashboard, a),
+        Command::Parse(a) => parse::run(&cli.global, a),
     }
 }

@@ -1,28 +1,98 @@
-//! `hwledger serve`: open the store and serve until Ctrl-C.
+//! `hwledger serve`: the ledger, its projections and the mTLS front door, until Ctrl-C.
+//!
+//! First run on an empty data directory: creates the fleet CA and a server certificate for localhost
+//! (`<data>/pki`), an operator bundle (`<data>/operator`, pinned in the ledger) and the log key, then prints
+//! the curl command that lists devices. Later runs reuse all of it.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Args;
+use hwledger_projections::{Projector, ProjectorOptions};
+use hwledger_wire::pki::{Pki, PkiOptions};
+use hwledger_wire::server::{ServerConfig, ensure_bootstrap_operator};
 
 use super::Config;
+use super::reads::ProjectorReads;
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// API listen address (mTLS).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Dashboard listen address (must be loopback).
+    #[arg(long)]
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Enrollment listen address (server-authenticated TLS only; bootstrap tokens).
+    #[arg(long)]
+    pub enroll_listen: Option<SocketAddr>,
+}
 
-pub fn run(config: &Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let ledger = config.open_ledger()?;
-    let head = ledger.head();
-    tracing::info!(data = %config.data_dir.display(), seq = head.seq, "ledger open");
-    eprintln!(
-        "hwledger: ledger open in {} at seq {} (head {}); Ctrl-C to stop",
-        config.data_dir.display(),
-        head.seq,
-        hwledger_engine::chain::to_hex(&head.hash)
-    );
+pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let listen: SocketAddr = match args.listen {
+        Some(a) => a,
+        None => config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?,
+    };
+    let dashboard: SocketAddr = match args.dashboard_listen {
+        Some(a) => a,
+        None => config.dashboard_listen.parse().context("dashboard listen address")?,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let ledger = Arc::new(config.open_ledger()?);
+    let pki = Arc::new(Pki::init(&config.data_dir.join("pki"), PkiOptions::default(), now).context("initialise PKI")?);
+    let operator_dir = config.data_dir.join("operator");
+    let op = ensure_bootstrap_operator(&ledger, &pki, &operator_dir, "admin", time::Duration::days(365), now)
+        .context("create the operator bundle")?;
+    let projector = Arc::new(Projector::open(ledger.store(), ProjectorOptions::default()).context("open projections")?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let (projector, ledger, stop) = (projector.clone(), ledger.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("hwledger-projector".into())
+            .spawn(move || {
+                if let Err(e) = projector.follow(&ledger, &stop) {
+                    tracing::error!("projections stopped following the log: {e}");
+                }
+                if let Err(e) = projector.persist() {
+                    tracing::error!("persisting projections: {e}");
+                }
+            })
+            .context("start projector thread")?
+    };
+    let mut server_config = ServerConfig::new(listen, dashboard);
+    server_config.enroll_listen = args.enroll_listen;
+    let reads: Arc<dyn hwledger_wire::server::ReadModels> = Arc::new(ProjectorReads { projector: projector.clone() });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
-    rt.block_on(async { tokio::signal::ctrl_c().await }).context("wait for Ctrl-C")?;
+    let result = rt.block_on(async {
+        let server =
+            hwledger_wire::server::Server::bind(server_config, ledger.clone(), pki.clone(), Some(reads)).await?;
+        let addrs = server.local_addrs();
+        let key = op.paths.key.as_ref().map(|k| k.display().to_string()).unwrap_or_default();
+        eprintln!(
+            "hwledger: serving {} (mTLS), dashboard http://{}/dashboard, data {}",
+            addrs.api,
+            addrs.dashboard,
+            config.data_dir.display()
+        );
+        eprintln!(
+            "list devices:\n  curl --cert {} --key {key} --cacert {} https://localhost:{}/v1/devices",
+            op.paths.cert.display(),
+            op.paths.ca.display(),
+            addrs.api.port()
+        );
+        server
+            .serve(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+    });
+    stop.store(true, Ordering::SeqCst);
+    let _ = follower.join();
     ledger.close().context("close ledger")?;
+    result.context("serve")?;
     eprintln!("hwledger: stopped cleanly at seq {}", ledger.head().seq);
     Ok(ExitCode::SUCCESS)
 }

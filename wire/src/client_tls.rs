@@ -14,9 +14,7 @@ pub enum ClientTlsError {
     #[error("the CA bundle is not valid PEM: {0}")]
     BadCaBundle(#[source] reqwest::Error),
     /// The client certificate or key could not be used.
-    #[error(
-        "the client certificate or key is unusable (PEM certificate + PKCS#8 key expected): {0}"
-    )]
+    #[error("the client certificate or key is unusable (PEM certificate + PKCS#8 key expected): {0}")]
     BadIdentity(#[source] reqwest::Error),
     /// The client PEM holds no private key, or no certificate.
     #[error("the client identity needs a PEM certificate and a PEM private key")]
@@ -35,8 +33,7 @@ pub fn client_builder(
     identity: Option<(&[u8], &[u8])>,
     timeout: Duration,
 ) -> Result<reqwest::ClientBuilder, ClientTlsError> {
-    let roots =
-        reqwest::Certificate::from_pem_bundle(ca_pem).map_err(ClientTlsError::BadCaBundle)?;
+    let roots = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(ClientTlsError::BadCaBundle)?;
     if roots.is_empty() {
         return Err(ClientTlsError::EmptyCaBundle);
     }
@@ -48,9 +45,7 @@ pub fn client_builder(
         .connect_timeout(timeout)
         .timeout(timeout);
     if let Some((cert_pem, key_pem)) = identity {
-        if !contains_pem_block(cert_pem, b"CERTIFICATE")
-            || !contains_pem_block(key_pem, b"PRIVATE KEY")
-        {
+        if !contains_pem_block(cert_pem, b"CERTIFICATE") || !contains_pem_block(key_pem, b"PRIVATE KEY") {
             return Err(ClientTlsError::IncompleteIdentity);
         }
         let mut pem = Vec::with_capacity(cert_pem.len() + key_pem.len() + 1);
@@ -71,9 +66,7 @@ pub fn build_client(
     identity: Option<(&[u8], &[u8])>,
     timeout: Duration,
 ) -> Result<reqwest::Client, ClientTlsError> {
-    client_builder(ca_pem, identity, timeout)?
-        .build()
-        .map_err(ClientTlsError::Build)
+    client_builder(ca_pem, identity, timeout)?.build().map_err(ClientTlsError::Build)
 }
 
 /// Whether `pem` has a `-----BEGIN ...<label>-----` line (label matched as a suffix, so
@@ -93,33 +86,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_inputs() {
-        assert!(matches!(
-            build_client(b"", None, Duration::from_secs(1)),
-            Err(ClientTlsError::EmptyCaBundle)
-        ));
+        assert!(matches!(build_client(b"", None, Duration::from_secs(1)), Err(ClientTlsError::EmptyCaBundle)));
         assert!(
-            build_client(
-                b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
-                None,
-                Duration::from_secs(1)
-            )
-            .is_err()
+            build_client(b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n", None, Duration::from_secs(1))
+                .is_err()
         );
     }
 
     #[test]
     fn pem_block_detection() {
-        assert!(contains_pem_block(
-            b"-----BEGIN CERTIFICATE-----\nAA\n",
-            b"CERTIFICATE"
-        ));
-        assert!(contains_pem_block(
-            b"x\r\n-----BEGIN EC PRIVATE KEY-----\r\n",
-            b"PRIVATE KEY"
-        ));
-        assert!(!contains_pem_block(
-            b"-----BEGIN PUBLIC KEY-----\n",
-            b"PRIVATE KEY"
-        ));
+        assert!(contains_pem_block(b"-----BEGIN CERTIFICATE-----\nAA\n", b"CERTIFICATE"));
+        assert!(contains_pem_block(b"x\r\n-----BEGIN EC PRIVATE KEY-----\r\n", b"PRIVATE KEY"));
+        assert!(!contains_pem_block(b"-----BEGIN PUBLIC KEY-----\n", b"PRIVATE KEY"));
     }
 }

@@ -102,15 +102,12 @@ pub fn server_config(
         for root in trust_roots {
             roots.add(root.clone()).map_err(TlsError::BadTrustAnchor)?;
         }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
     };
-    let mut config = builder
-        .with_single_cert(server_cert_chain, server_key)
-        .map_err(TlsError::Config)?;
+    let mut config = builder.with_single_cert(server_cert_chain, server_key).map_err(TlsError::Config)?;
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -126,25 +123,15 @@ pub fn server_config_from_pki(
     if require_client_cert && roots.is_empty() {
         return Err(TlsError::Pki(PkiError::NoTrustedCa { at: now }));
     }
-    server_config(
-        &roots,
-        pki.server_cert_chain(now),
-        pki.server_key()?,
-        require_client_cert,
-    )
+    server_config(&roots, pki.server_cert_chain(now), pki.server_key()?, require_client_cert)
 }
 
 fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     use std::io::Read;
-    let io = |source| TlsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| TlsError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut buf = Vec::new();
-    file.take(MAX_PEM_FILE_LEN + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
+    file.take(MAX_PEM_FILE_LEN + 1).read_to_end(&mut buf).map_err(io)?;
     if u64::try_from(buf.len()).unwrap_or(u64::MAX) > MAX_PEM_FILE_LEN {
         return Err(TlsError::Pem {
             what: path.display().to_string(),
@@ -159,15 +146,10 @@ fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
 pub fn parse_certs_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let mut certs = Vec::new();
     for item in CertificateDer::pem_slice_iter(pem) {
-        certs.push(item.map_err(|e| TlsError::Pem {
-            what: what.to_owned(),
-            reason: e.to_string(),
-        })?);
+        certs.push(item.map_err(|e| TlsError::Pem { what: what.to_owned(), reason: e.to_string() })?);
     }
     if certs.is_empty() {
-        return Err(TlsError::NoCertificates {
-            what: what.to_owned(),
-        });
+        return Err(TlsError::NoCertificates { what: what.to_owned() });
     }
     Ok(certs)
 }
@@ -175,13 +157,8 @@ pub fn parse_certs_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'sta
 /// Parses the first private key (PKCS#8, SEC1 or PKCS#1) in PEM text.
 pub fn parse_private_key_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey {
-            what: what.to_owned(),
-        },
-        other => TlsError::Pem {
-            what: what.to_owned(),
-            reason: other.to_string(),
-        },
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey { what: what.to_owned() },
+        other => TlsError::Pem { what: what.to_owned(), reason: other.to_string() },
     })
 }
 
@@ -239,21 +216,9 @@ mod tests {
 
     #[test]
     fn pem_parsing_errors_are_typed() {
-        assert!(matches!(
-            parse_certs_pem(b"", "empty"),
-            Err(TlsError::NoCertificates { .. })
-        ));
-        assert!(matches!(
-            parse_private_key_pem(b"hello", "junk"),
-            Err(TlsError::NoPrivateKey { .. })
-        ));
-        assert!(
-            parse_certs_pem(
-                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
-                "bad"
-            )
-            .is_err()
-        );
+        assert!(matches!(parse_certs_pem(b"", "empty"), Err(TlsError::NoCertificates { .. })));
+        assert!(matches!(parse_private_key_pem(b"hello", "junk"), Err(TlsError::NoPrivateKey { .. })));
+        assert!(parse_certs_pem(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", "bad").is_err());
     }
 
     #[test]
@@ -261,15 +226,9 @@ mod tests {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
         let chain = vec![ck.cert.der().clone()];
         let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())?;
-        assert!(matches!(
-            server_config(&[], chain.clone(), key.clone_key(), true),
-            Err(TlsError::NoTrustAnchors)
-        ));
+        assert!(matches!(server_config(&[], chain.clone(), key.clone_key(), true), Err(TlsError::NoTrustAnchors)));
         let config = server_config(&[], chain, key, false)?;
-        assert_eq!(
-            config.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
         Ok(())
     }
 }

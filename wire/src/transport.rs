@@ -163,10 +163,7 @@ struct ConnectionSlot {
 impl ConnectionSlot {
     fn new(stats: Arc<TransportStats>, permit: OwnedSemaphorePermit) -> Self {
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
-        ConnectionSlot {
-            stats,
-            _permit: permit,
-        }
+        ConnectionSlot { stats, _permit: permit }
     }
 }
 
@@ -194,9 +191,7 @@ where
     F::Extract: warp::Reply,
 {
     if opts.max_connections == 0 {
-        return Err(TransportError::InvalidOptions(
-            "max_connections must be at least 1",
-        ));
+        return Err(TransportError::InvalidOptions("max_connections must be at least 1"));
     }
     let tls: TlsConfigHandle = tls.into();
     let local = listener.local_addr().map_err(TransportError::Listener)?;
@@ -205,9 +200,7 @@ where
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
     let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout);
+    http.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
     http.http2().timer(TokioTimer::new());
     let service = warp::service(filter);
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -267,14 +260,8 @@ where
 
     drop(listener);
     let open = graceful.count();
-    tracing::info!(
-        open,
-        "transport shutting down; waiting for connections to finish"
-    );
-    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracing::info!(open, "transport shutting down; waiting for connections to finish");
+    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             grace_ms = opts.shutdown_grace.as_millis(),
             "connections still open after the grace period; dropping them"
@@ -310,25 +297,13 @@ struct Connection {
 
 async fn serve_connection<S>(conn: Connection, service: S)
 where
-    S: Service<
-            hyper::Request<Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Clone
+    S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = std::convert::Infallible>
+        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
-    let Connection {
-        stream,
-        remote_addr,
-        acceptor,
-        http,
-        watcher,
-        handshake_timeout,
-        stats,
-        slot,
-    } = conn;
+    let Connection { stream, remote_addr, acceptor, http, watcher, handshake_timeout, stats, slot } = conn;
     let _slot = slot;
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Err(_) => {
@@ -345,10 +320,8 @@ where
         Ok(Ok(tls)) => tls,
     };
     let (_, session) = tls.get_ref();
-    let cert_der = session
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .map(|c| Bytes::copy_from_slice(c.as_ref()));
+    let cert_der =
+        session.peer_certificates().and_then(|certs| certs.first()).map(|c| Bytes::copy_from_slice(c.as_ref()));
     let info = PeerInfo {
         fingerprint: cert_der.as_deref().map(Fingerprint::of_der),
         cert_der,

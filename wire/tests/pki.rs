@@ -9,9 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::Engine as _;
-use hwledger_wire::pki::{
-    Pki, PkiError, PkiOptions, Role, generate_key_and_csr, identity_from_cert_der, write_bundle,
-};
+use hwledger_wire::pki::{Pki, PkiError, PkiOptions, Role, generate_key_and_csr, identity_from_cert_der, write_bundle};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
@@ -29,10 +27,7 @@ fn snapshot(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, std::io::Error> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.file_name().is_some_and(|n| n != ".lock") {
-                let rel = path
-                    .strip_prefix(dir)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
+                let rel = path.strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_default();
                 out.insert(rel, fs::read(&path)?);
             }
         }
@@ -45,25 +40,14 @@ fn mode(path: &Path) -> Result<u32, std::io::Error> {
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .concat();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().concat();
     Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
 }
 
 fn der_to_pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .filter_map(|c| std::str::from_utf8(c).ok())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 
 #[test]
@@ -72,13 +56,7 @@ fn init_is_idempotent_and_files_are_private() -> TestResult {
     let dir = tmp.path().join("pki");
     let first = Pki::init(&dir, PkiOptions::default(), T0)?;
     let before = snapshot(&dir)?;
-    for name in [
-        "state.json",
-        "ca/ca-1.key",
-        "ca/ca-1.crt",
-        "server.crt",
-        "server.key",
-    ] {
+    for name in ["state.json", "ca/ca-1.key", "ca/ca-1.crt", "server.crt", "server.key"] {
         assert!(before.contains_key(name), "missing {name}: {before:?}");
     }
 
@@ -128,10 +106,7 @@ fn server_cert_is_reissued_only_when_names_change_or_it_nears_expiry() -> TestRe
     assert_eq!(again.server_fingerprint(), renamed.server_fingerprint());
     let pem = fs::read_to_string(dir.join("server.crt"))?;
     let der = pem_to_der(&pem)?;
-    assert!(
-        der.windows(b"ledger.example.net".len())
-            .any(|w| w == b"ledger.example.net")
-    );
+    assert!(der.windows(b"ledger.example.net".len()).any(|w| w == b"ledger.example.net"));
 
     // 180-day certificate, renewed within 30 days of its end.
     let late = T0 + Duration::days(160);
@@ -140,14 +115,7 @@ fn server_cert_is_reissued_only_when_names_change_or_it_nears_expiry() -> TestRe
     assert_eq!(fs::read(dir.join("ca/ca-1.crt"))?, ca_before);
 
     assert!(matches!(
-        Pki::init(
-            dir,
-            PkiOptions {
-                extra_server_names: vec!["not a name".into()],
-                ..PkiOptions::default()
-            },
-            T0
-        ),
+        Pki::init(dir, PkiOptions { extra_server_names: vec!["not a name".into()], ..PkiOptions::default() }, T0),
         Err(PkiError::InvalidServerName { .. })
     ));
     Ok(())
@@ -157,11 +125,7 @@ fn server_cert_is_reissued_only_when_names_change_or_it_nears_expiry() -> TestRe
 fn roles_are_read_back_from_issued_certificates() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = Pki::init(tmp.path(), PkiOptions::default(), T0)?;
-    for role in [
-        Role::agent("gpu-01.home")?,
-        Role::operator("alice")?,
-        Role::auditor("audit_team-2")?,
-    ] {
+    for role in [Role::agent("gpu-01.home")?, Role::operator("alice")?, Role::auditor("audit_team-2")?] {
         let issued = pki.issue(&role, Duration::days(30), T0)?;
         assert!(issued.key_pem.is_some());
         let id = identity_from_cert_der(&issued.cert_der)?;
@@ -177,10 +141,7 @@ fn roles_are_read_back_from_issued_certificates() -> TestResult {
     }
     // The server certificate carries no role.
     let server_der = pem_to_der(&fs::read_to_string(pki.server_cert_path())?)?;
-    assert!(matches!(
-        identity_from_cert_der(&server_der),
-        Err(PkiError::NoRole)
-    ));
+    assert!(matches!(identity_from_cert_der(&server_der), Err(PkiError::NoRole)));
     Ok(())
 }
 
@@ -191,10 +152,7 @@ fn validity_is_clamped_to_the_issuing_ca_and_checked() -> TestResult {
     let role = Role::agent("d1")?;
     let issued = pki.issue(&role, Duration::days(800), T0)?;
     assert_eq!(issued.not_after, T0 + Duration::days(365));
-    assert!(matches!(
-        pki.issue(&role, Duration::days(-1), T0),
-        Err(PkiError::InvalidValidity { .. })
-    ));
+    assert!(matches!(pki.issue(&role, Duration::days(-1), T0), Err(PkiError::InvalidValidity { .. })));
     assert!(matches!(
         pki.issue(&role, Duration::days(1), T0 + Duration::days(400)),
         Err(PkiError::InvalidValidity { .. })
@@ -231,24 +189,15 @@ fn tampered_oversized_and_malformed_csrs_are_refused() -> TestResult {
 
     // Change one letter of the signed subject: the signature no longer matches.
     let mut der = pem_to_der(&csr_pem)?;
-    let at = der
-        .windows(b"agent:dev-1".len())
-        .position(|w| w == b"agent:dev-1")
-        .ok_or("subject not found in CSR")?;
+    let at = der.windows(b"agent:dev-1".len()).position(|w| w == b"agent:dev-1").ok_or("subject not found in CSR")?;
     if let Some(b) = der.get_mut(at) {
         *b = b'b';
     }
     let tampered = der_to_pem("CERTIFICATE REQUEST", &der);
-    assert!(matches!(
-        pki.sign_csr(&tampered, &role, Duration::days(1), T0),
-        Err(PkiError::CsrBadSignature)
-    ));
+    assert!(matches!(pki.sign_csr(&tampered, &role, Duration::days(1), T0), Err(PkiError::CsrBadSignature)));
 
     let huge = format!("{csr_pem}{}", " ".repeat(9000));
-    assert!(matches!(
-        pki.sign_csr(&huge, &role, Duration::days(1), T0),
-        Err(PkiError::CsrTooLarge { .. })
-    ));
+    assert!(matches!(pki.sign_csr(&huge, &role, Duration::days(1), T0), Err(PkiError::CsrTooLarge { .. })));
     for bad in [
         String::new(),
         "hello".to_owned(),
@@ -257,10 +206,7 @@ fn tampered_oversized_and_malformed_csrs_are_refused() -> TestResult {
         format!("{csr_pem}{csr_pem}"),
     ] {
         assert!(
-            matches!(
-                pki.sign_csr(&bad, &role, Duration::days(1), T0),
-                Err(PkiError::MalformedCsr { .. })
-            ),
+            matches!(pki.sign_csr(&bad, &role, Duration::days(1), T0), Err(PkiError::MalformedCsr { .. })),
             "accepted {bad:?}"
         );
     }
@@ -276,10 +222,7 @@ fn bundle_files_have_the_right_names_and_modes() -> TestResult {
     let paths = write_bundle(&out, &issued, &pki.ca_bundle_pem(T0))?;
     assert_eq!(paths.ca, out.join("ca.crt"));
     assert_eq!(paths.cert, out.join("agent-ca.crt"));
-    assert_eq!(
-        paths.key.as_deref(),
-        Some(out.join("agent-ca.key").as_path())
-    );
+    assert_eq!(paths.key.as_deref(), Some(out.join("agent-ca.key").as_path()));
     assert_eq!(mode(&out)?, 0o700);
     assert_eq!(mode(&out.join("agent-ca.key"))?, 0o600);
     assert_eq!(fs::read_to_string(&paths.ca)?, pki.ca_bundle_pem(T0));
@@ -319,16 +262,8 @@ fn rotation_keeps_the_old_ca_trusted_through_the_overlap_only() -> TestResult {
     assert_eq!(pki.trust_roots(t1).len(), 2);
     assert_eq!(pki.trust_roots(t1 + Duration::hours(23)).len(), 2);
     assert_eq!(pki.trust_roots(t1 + Duration::hours(25)).len(), 1);
-    assert_eq!(
-        pki.ca_bundle_pem(t1).matches("BEGIN CERTIFICATE").count(),
-        2
-    );
-    assert_eq!(
-        pki.ca_bundle_pem(t1 + Duration::hours(25))
-            .matches("BEGIN CERTIFICATE")
-            .count(),
-        1
-    );
+    assert_eq!(pki.ca_bundle_pem(t1).matches("BEGIN CERTIFICATE").count(), 2);
+    assert_eq!(pki.ca_bundle_pem(t1 + Duration::hours(25)).matches("BEGIN CERTIFICATE").count(), 1);
     // During the overlap the server also sends the cross certificate.
     assert_eq!(pki.server_cert_chain(t1).len(), 2);
     assert_eq!(pki.server_cert_chain(t1 + Duration::hours(25)).len(), 1);
@@ -338,10 +273,7 @@ fn rotation_keeps_the_old_ca_trusted_through_the_overlap_only() -> TestResult {
     assert_eq!(status.rotation_due_at, t1 + Duration::days(90));
     let gens: Vec<u32> = status.trusted.iter().map(|c| c.generation).collect();
     assert_eq!(gens, vec![1, 2]);
-    assert_eq!(
-        status.trusted.first().and_then(|c| c.trusted_until),
-        Some(t1 + Duration::hours(24))
-    );
+    assert_eq!(status.trusted.first().and_then(|c| c.trusted_until), Some(t1 + Duration::hours(24)));
     let json = serde_json::to_value(&status)?;
     assert_eq!(json["issuing"]["generation"], 2);
 
@@ -359,10 +291,7 @@ fn rotation_keeps_the_old_ca_trusted_through_the_overlap_only() -> TestResult {
     let rotation = pki.rotate(Duration::days(7), t2)?;
     assert_eq!(rotation.new_generation, 3);
     assert_eq!(pki.trust_roots(t1 + Duration::hours(25)).len(), 2);
-    assert!(matches!(
-        pki.rotate(Duration::seconds(-1), t2),
-        Err(PkiError::InvalidOptions { .. })
-    ));
+    assert!(matches!(pki.rotate(Duration::seconds(-1), t2), Err(PkiError::InvalidOptions { .. })));
     Ok(())
 }
 
@@ -374,38 +303,23 @@ fn corrupt_or_mismatched_files_are_reported_not_replaced() -> TestResult {
     let state = fs::read(dir.join("state.json"))?;
 
     fs::write(dir.join("state.json"), b"{\"format\": 1, \"cas\": [")?;
-    assert!(matches!(
-        Pki::init(dir, PkiOptions::default(), T0),
-        Err(PkiError::State { .. })
-    ));
+    assert!(matches!(Pki::init(dir, PkiOptions::default(), T0), Err(PkiError::State { .. })));
     fs::write(dir.join("state.json"), &state)?;
 
     // A CA key that does not belong to the CA certificate.
     let key = fs::read(dir.join("ca/ca-1.key"))?;
     let other = rcgen::KeyPair::generate()?;
     fs::write(dir.join("ca/ca-1.key"), other.serialize_pem())?;
-    let err = Pki::init(dir, PkiOptions::default(), T0)
-        .err()
-        .ok_or("mismatched CA key accepted")?;
+    let err = Pki::init(dir, PkiOptions::default(), T0).err().ok_or("mismatched CA key accepted")?;
     assert!(matches!(err, PkiError::BadFile { .. }), "{err}");
     assert!(err.to_string().contains("does not match"), "{err}");
     fs::write(dir.join("ca/ca-1.key"), &key)?;
 
     fs::write(dir.join("ca/ca-1.crt"), b"garbage")?;
-    assert!(matches!(
-        Pki::init(dir, PkiOptions::default(), T0),
-        Err(PkiError::BadFile { .. })
-    ));
+    assert!(matches!(Pki::init(dir, PkiOptions::default(), T0), Err(PkiError::BadFile { .. })));
 
     assert!(matches!(
-        Pki::init(
-            &tmp.path().join("x"),
-            PkiOptions {
-                ca_validity: Duration::days(30),
-                ..PkiOptions::default()
-            },
-            T0
-        ),
+        Pki::init(&tmp.path().join("x"), PkiOptions { ca_validity: Duration::days(30), ..PkiOptions::default() }, T0),
         Err(PkiError::InvalidOptions { .. })
     ));
     Ok(())

@@ -11,8 +11,7 @@ use std::time::{Duration as StdDuration, Instant};
 use hwledger_wire::client_tls::{build_client, client_builder};
 use hwledger_wire::pki::{IssuedCert, Pki, PkiOptions, Role, generate_key_and_csr};
 use hwledger_wire::tls::{
-    TlsConfigHandle, load_cert_chain_pem, load_private_key_pem, server_config,
-    server_config_from_pki,
+    TlsConfigHandle, load_cert_chain_pem, load_private_key_pem, server_config, server_config_from_pki,
 };
 use hwledger_wire::transport::{PeerInfo, TransportOptions, TransportStats, peer, serve};
 use rustls::ServerConfig;
@@ -54,10 +53,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(
-        tls: impl Into<TlsConfigHandle>,
-        opts: TransportOptions,
-    ) -> Result<Server, std::io::Error> {
+    async fn start(tls: impl Into<TlsConfigHandle>, opts: TransportOptions) -> Result<Server, std::io::Error> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stats = opts.stats.clone();
@@ -65,12 +61,7 @@ impl Server {
         let task = tokio::spawn(serve(listener, tls.into(), echo(), opts, async move {
             let _ = stopped.await;
         }));
-        Ok(Server {
-            addr,
-            stats,
-            stop: Some(stop),
-            task,
-        })
+        Ok(Server { addr, stats, stop: Some(stop), task })
     }
 
     fn url(&self) -> String {
@@ -106,10 +97,7 @@ fn quick_opts() -> TransportOptions {
     }
 }
 
-fn mtls_config(
-    pki: &Pki,
-    at: OffsetDateTime,
-) -> Result<Arc<ServerConfig>, Box<dyn std::error::Error + Send + Sync>> {
+fn mtls_config(pki: &Pki, at: OffsetDateTime) -> Result<Arc<ServerConfig>, Box<dyn std::error::Error + Send + Sync>> {
     Ok(server_config_from_pki(pki, at, true)?)
 }
 
@@ -118,23 +106,13 @@ fn client_for(
     cert: Option<&IssuedCert>,
 ) -> Result<reqwest::Client, Box<dyn std::error::Error + Send + Sync>> {
     let identity = match cert {
-        Some(c) => Some((
-            c.cert_pem.as_bytes(),
-            c.key_pem.as_deref().ok_or("no key")?.as_bytes(),
-        )),
+        Some(c) => Some((c.cert_pem.as_bytes(), c.key_pem.as_deref().ok_or("no key")?.as_bytes())),
         None => None,
     };
-    Ok(build_client(
-        ca_pem.as_bytes(),
-        identity,
-        StdDuration::from_secs(5),
-    )?)
+    Ok(build_client(ca_pem.as_bytes(), identity, StdDuration::from_secs(5))?)
 }
 
-async fn whoami(
-    client: &reqwest::Client,
-    url: &str,
-) -> Result<(reqwest::Version, serde_json::Value), reqwest::Error> {
+async fn whoami(client: &reqwest::Client, url: &str) -> Result<(reqwest::Version, serde_json::Value), reqwest::Error> {
     let resp = client.get(url).send().await?.error_for_status()?;
     let version = resp.version();
     Ok((version, resp.json().await?))
@@ -142,11 +120,7 @@ async fn whoami(
 
 fn new_pki(dir: &std::path::Path) -> Result<Pki, Box<dyn std::error::Error + Send + Sync>> {
     // Created a day in the past so certificates can be issued "in the past" for expiry tests.
-    Ok(Pki::init(
-        dir,
-        PkiOptions::default(),
-        now() - Duration::days(1),
-    )?)
+    Ok(Pki::init(dir, PkiOptions::default(), now() - Duration::days(1))?)
 }
 
 #[tokio::test]
@@ -173,10 +147,7 @@ async fn handshake_matrix() -> TestResult {
     let operator = pki.issue(&Role::operator("alice")?, Duration::days(1), t)?;
     let h1 = client_builder(
         ca.as_bytes(),
-        Some((
-            operator.cert_pem.as_bytes(),
-            operator.key_pem.as_deref().ok_or("no key")?.as_bytes(),
-        )),
+        Some((operator.cert_pem.as_bytes(), operator.key_pem.as_deref().ok_or("no key")?.as_bytes())),
         StdDuration::from_secs(5),
     )?
     .http1_only()
@@ -190,10 +161,7 @@ async fn handshake_matrix() -> TestResult {
     // TLS 1.2 is accepted too.
     let tls12 = client_builder(
         ca.as_bytes(),
-        Some((
-            agent.cert_pem.as_bytes(),
-            agent.key_pem.as_deref().ok_or("no key")?.as_bytes(),
-        )),
+        Some((agent.cert_pem.as_bytes(), agent.key_pem.as_deref().ok_or("no key")?.as_bytes())),
         StdDuration::from_secs(5),
     )?
     .tls_version_max(reqwest::tls::Version::TLS_1_2)
@@ -205,25 +173,11 @@ async fn handshake_matrix() -> TestResult {
     let mut expected_failures = failures_before;
     let refused: Vec<(&str, Option<IssuedCert>)> = vec![
         ("no client certificate", None),
-        (
-            "certificate from another CA",
-            Some(other.issue(&Role::agent("gpu-1")?, Duration::days(1), t)?),
-        ),
-        (
-            "expired certificate",
-            Some(pki.issue(
-                &Role::agent("gpu-1")?,
-                Duration::hours(1),
-                t - Duration::hours(20),
-            )?),
-        ),
+        ("certificate from another CA", Some(other.issue(&Role::agent("gpu-1")?, Duration::days(1), t)?)),
+        ("expired certificate", Some(pki.issue(&Role::agent("gpu-1")?, Duration::hours(1), t - Duration::hours(20))?)),
         (
             "not-yet-valid certificate",
-            Some(pki.issue(
-                &Role::agent("gpu-1")?,
-                Duration::days(30),
-                t + Duration::days(2),
-            )?),
+            Some(pki.issue(&Role::agent("gpu-1")?, Duration::days(30), t + Duration::days(2))?),
         ),
     ];
     for (case, cert) in &refused {
@@ -232,15 +186,9 @@ async fn handshake_matrix() -> TestResult {
         assert!(result.is_err(), "{case}: was served: {result:?}");
         expected_failures += 1;
         let stats = server.stats.clone();
-        wait_until(case, || {
-            stats.snapshot().handshake_failures >= expected_failures
-        })
-        .await?;
+        wait_until(case, || stats.snapshot().handshake_failures >= expected_failures).await?;
     }
-    assert_eq!(
-        server.stats.snapshot().handshake_failures,
-        expected_failures
-    );
+    assert_eq!(server.stats.snapshot().handshake_failures, expected_failures);
 
     // A client that does not trust the fleet CA refuses the server.
     let stranger = client_for(&other.ca_bundle_pem(t), Some(&agent))?;
@@ -270,10 +218,7 @@ async fn openssl_get(
     if let Some((cert, key)) = identity {
         cmd.arg("-cert").arg(cert).arg("-key").arg(key);
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
         format!(
             "cannot run `openssl` ({e}); install the OpenSSL command-line tool \
@@ -281,28 +226,20 @@ async fn openssl_get(
         )
     })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
+        stdin.write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
         // stdin stays open until dropped; -quiet implies -ign_eof, so s_client waits for the
         // server to close after the response.
         drop(stdin);
     }
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .map_err(|_| "openssl s_client did not finish")??;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned()
-        + "\n--- stderr ---\n"
-        + &String::from_utf8_lossy(&out.stderr))
+    let out =
+        tokio::time::timeout(WAIT, child.wait_with_output()).await.map_err(|_| "openssl s_client did not finish")??;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + "\n--- stderr ---\n" + &String::from_utf8_lossy(&out.stderr))
 }
 
 #[tokio::test]
 async fn openssl_s_client_with_and_without_a_client_certificate() -> TestResult {
-    let found = std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let found =
+        std::process::Command::new("openssl").arg("version").output().map(|o| o.status.success()).unwrap_or(false);
     assert!(
         found,
         "the `openssl` binary is required by this test and was not found on PATH; \
@@ -312,8 +249,7 @@ async fn openssl_s_client_with_and_without_a_client_certificate() -> TestResult 
     let pki = new_pki(&tmp.path().join("fleet"))?;
     let t = now();
     let agent = pki.issue(&Role::agent("ossl-1")?, Duration::days(1), t)?;
-    let paths =
-        hwledger_wire::pki::write_bundle(&tmp.path().join("creds"), &agent, &pki.ca_bundle_pem(t))?;
+    let paths = hwledger_wire::pki::write_bundle(&tmp.path().join("creds"), &agent, &pki.ca_bundle_pem(t))?;
     let key = paths.key.clone().ok_or("no key written")?;
     let server = Server::start(mtls_config(&pki, t)?, quick_opts()).await?;
 
@@ -326,10 +262,7 @@ async fn openssl_s_client_with_and_without_a_client_certificate() -> TestResult 
     let out = openssl_get(server.addr.port(), &paths.ca, None).await?;
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
     let stats = server.stats.clone();
-    wait_until("handshake failure counted", || {
-        stats.snapshot().handshake_failures > failures
-    })
-    .await?;
+    wait_until("handshake failure counted", || stats.snapshot().handshake_failures > failures).await?;
     server.stop().await
 }
 
@@ -338,34 +271,21 @@ async fn silent_connection_is_dropped_after_the_handshake_timeout() -> TestResul
     let tmp = tempfile::tempdir()?;
     let pki = new_pki(tmp.path())?;
     let t = now();
-    let opts = TransportOptions {
-        handshake_timeout: StdDuration::from_millis(500),
-        ..quick_opts()
-    };
+    let opts = TransportOptions { handshake_timeout: StdDuration::from_millis(500), ..quick_opts() };
     let server = Server::start(mtls_config(&pki, t)?, opts).await?;
 
     let started = Instant::now();
     let mut silent = TcpStream::connect(server.addr).await?;
     // A good client is served while the silent one holds its connection.
     let agent = pki.issue(&Role::agent("a")?, Duration::days(1), t)?;
-    let (_, body) = whoami(
-        &client_for(&pki.ca_bundle_pem(t), Some(&agent))?,
-        &server.url(),
-    )
-    .await?;
+    let (_, body) = whoami(&client_for(&pki.ca_bundle_pem(t), Some(&agent))?, &server.url()).await?;
     assert_eq!(body["name"], "a");
 
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(WAIT, silent.read(&mut buf)).await?;
     let elapsed = started.elapsed();
-    assert!(
-        matches!(n, Ok(0) | Err(_)),
-        "silent connection got data: {n:?}"
-    );
-    assert!(
-        elapsed >= StdDuration::from_millis(400),
-        "closed too early: {elapsed:?}"
-    );
+    assert!(matches!(n, Ok(0) | Err(_)), "silent connection got data: {n:?}");
+    assert!(elapsed >= StdDuration::from_millis(400), "closed too early: {elapsed:?}");
     assert_eq!(server.stats.snapshot().handshake_timeouts, 1);
     server.stop().await
 }
@@ -375,11 +295,7 @@ async fn connections_past_the_cap_are_closed() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let pki = new_pki(tmp.path())?;
     let t = now();
-    let opts = TransportOptions {
-        max_connections: 2,
-        handshake_timeout: StdDuration::from_secs(30),
-        ..quick_opts()
-    };
+    let opts = TransportOptions { max_connections: 2, handshake_timeout: StdDuration::from_secs(30), ..quick_opts() };
     let server = Server::start(mtls_config(&pki, t)?, opts).await?;
     let stats = server.stats.clone();
     let agent = pki.issue(&Role::agent("a")?, Duration::days(1), t)?;
@@ -387,24 +303,14 @@ async fn connections_past_the_cap_are_closed() -> TestResult {
 
     let hold_1 = TcpStream::connect(server.addr).await?;
     let hold_2 = TcpStream::connect(server.addr).await?;
-    wait_until("two connections open", || {
-        stats.snapshot().open_connections == 2
-    })
-    .await?;
+    wait_until("two connections open", || stats.snapshot().open_connections == 2).await?;
 
     let mut extra = TcpStream::connect(server.addr).await?;
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(WAIT, extra.read(&mut buf)).await?;
-    assert!(
-        matches!(n, Ok(0) | Err(_)),
-        "over-cap connection got data: {n:?}"
-    );
+    assert!(matches!(n, Ok(0) | Err(_)), "over-cap connection got data: {n:?}");
     assert_eq!(stats.snapshot().rejected_over_cap, 1);
-    assert!(
-        whoami(&client_for(&ca, Some(&agent))?, &server.url())
-            .await
-            .is_err()
-    );
+    assert!(whoami(&client_for(&ca, Some(&agent))?, &server.url()).await.is_err());
 
     drop(hold_1);
     drop(hold_2);
@@ -431,11 +337,7 @@ async fn shutdown_is_graceful_and_bounded() -> TestResult {
     let url = server.url();
     let started = Instant::now();
     server.stop().await?;
-    assert!(
-        started.elapsed() < StdDuration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < StdDuration::from_secs(4), "{:?}", started.elapsed());
     assert_eq!(stats.snapshot().open_connections, 0);
     assert!(whoami(&client, &url).await.is_err());
     Ok(())
@@ -507,11 +409,7 @@ async fn rotation_overlap_then_old_ca_refused() -> TestResult {
     handle.replace(mtls_config(&pki, later)?);
     let later_bundle = pki.ca_bundle_pem(later);
     assert_eq!(later_bundle.matches("BEGIN CERTIFICATE").count(), 1);
-    assert!(
-        whoami(&client_for(&later_bundle, Some(&old_cert))?, &server.url())
-            .await
-            .is_err()
-    );
+    assert!(whoami(&client_for(&later_bundle, Some(&old_cert))?, &server.url()).await.is_err());
     let (_, body) = whoami(&client_for(&later_bundle, Some(&new_cert))?, &server.url()).await?;
     assert_eq!(body["name"], "new");
     server.stop().await

@@ -21,10 +21,7 @@ struct CacheKey {
 
 impl CacheKey {
     fn new(provider: Provider, filter: Option<&str>) -> Self {
-        CacheKey {
-            provider,
-            filter: filter.map(gpu_type_key).filter(|f| !f.is_empty()),
-        }
+        CacheKey { provider, filter: filter.map(gpu_type_key).filter(|f| !f.is_empty()) }
     }
 }
 
@@ -59,10 +56,7 @@ impl Default for PriceCache {
 impl PriceCache {
     /// An empty cache whose entries stay fresh for `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        PriceCache {
-            ttl,
-            entries: HashMap::new(),
-        }
+        PriceCache { ttl, entries: HashMap::new() }
     }
 
     /// The configured time-to-live.
@@ -76,12 +70,7 @@ impl PriceCache {
     }
 
     /// The cached offers for `provider` and `filter` if they are younger than the TTL at `now`.
-    pub fn fresh(
-        &self,
-        provider: Provider,
-        filter: Option<&str>,
-        now: Instant,
-    ) -> Option<&[PriceOffer]> {
+    pub fn fresh(&self, provider: Provider, filter: Option<&str>, now: Instant) -> Option<&[PriceOffer]> {
         self.entries
             .get(&CacheKey::new(provider, filter))
             .filter(|entry| self.is_fresh(entry, now))
@@ -89,20 +78,8 @@ impl PriceCache {
     }
 
     /// Records offers fetched at `now`, replacing what was cached for that provider and filter.
-    pub fn store(
-        &mut self,
-        provider: Provider,
-        filter: Option<&str>,
-        offers: Vec<PriceOffer>,
-        now: Instant,
-    ) {
-        self.entries.insert(
-            CacheKey::new(provider, filter),
-            CacheEntry {
-                fetched_at: now,
-                offers,
-            },
-        );
+    pub fn store(&mut self, provider: Provider, filter: Option<&str>, offers: Vec<PriceOffer>, now: Instant) {
+        self.entries.insert(CacheKey::new(provider, filter), CacheEntry { fetched_at: now, offers });
     }
 
     /// The offers of `client` for `filter`: from the cache if fresh at `now`, otherwise fetched (one
@@ -126,8 +103,7 @@ impl PriceCache {
     /// Drops entries that are no longer fresh at `now`.
     pub fn evict_expired(&mut self, now: Instant) {
         let ttl = self.ttl;
-        self.entries
-            .retain(|_, entry| now.saturating_duration_since(entry.fetched_at) < ttl);
+        self.entries.retain(|_, entry| now.saturating_duration_since(entry.fetched_at) < ttl);
     }
 
     /// For every GPU type present in the fresh entries, the available offer with the lowest price
@@ -152,13 +128,8 @@ impl PriceCache {
                 }
             }
         }
-        let mut cheapest: Vec<CheapestOffer> = best
-            .into_iter()
-            .map(|(gpu_type, offer)| CheapestOffer {
-                gpu_type,
-                offer: offer.clone(),
-            })
-            .collect();
+        let mut cheapest: Vec<CheapestOffer> =
+            best.into_iter().map(|(gpu_type, offer)| CheapestOffer { gpu_type, offer: offer.clone() }).collect();
         cheapest.sort_by(|a, b| {
             a.offer
                 .price_per_gpu_hour_usd

@@ -57,9 +57,7 @@ pub enum CloudError {
         status: u16,
     },
     /// Any other non-success status (e.g. 404 when the base URL points at the wrong service).
-    #[error(
-        "{provider} API answered HTTP {status}, which this client does not expect; check the base URL"
-    )]
+    #[error("{provider} API answered HTTP {status}, which this client does not expect; check the base URL")]
     UnexpectedStatus {
         /// The provider that answered.
         provider: Provider,

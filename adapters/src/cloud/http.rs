@@ -40,14 +40,10 @@ impl ApiKey {
         let key = key.into();
         let trimmed = key.trim();
         if trimmed.is_empty() {
-            return Err(CloudError::InvalidApiKey {
-                reason: "it is empty",
-            });
+            return Err(CloudError::InvalidApiKey { reason: "it is empty" });
         }
         if !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(CloudError::InvalidApiKey {
-                reason: "it contains spaces, control or non-ASCII characters",
-            });
+            return Err(CloudError::InvalidApiKey { reason: "it contains spaces, control or non-ASCII characters" });
         }
         Ok(ApiKey(trimmed.to_owned()))
     }
@@ -60,10 +56,7 @@ impl ApiKey {
 
     /// Like [`ApiKey::from_env`] with the environment replaced by `lookup` (for configs that carry
     /// their own variable map, and for tests, which may not mutate the process environment).
-    pub fn from_lookup(
-        provider: Provider,
-        lookup: impl FnOnce(&str) -> Option<String>,
-    ) -> Result<Self, CloudError> {
+    pub fn from_lookup(provider: Provider, lookup: impl FnOnce(&str) -> Option<String>) -> Result<Self, CloudError> {
         let env_var = provider.api_key_env();
         match lookup(env_var) {
             Some(value) if !value.trim().is_empty() => Self::new(value),
@@ -157,17 +150,9 @@ impl fmt::Debug for HttpCore {
 }
 
 impl HttpCore {
-    pub(crate) fn new(
-        provider: Provider,
-        key: ApiKey,
-        options: ClientOptions,
-    ) -> Result<Self, CloudError> {
-        let base = reqwest::Url::parse(options.base_url.trim()).map_err(|e| {
-            CloudError::InvalidBaseUrl {
-                provider,
-                detail: e.to_string(),
-            }
-        })?;
+    pub(crate) fn new(provider: Provider, key: ApiKey, options: ClientOptions) -> Result<Self, CloudError> {
+        let base = reqwest::Url::parse(options.base_url.trim())
+            .map_err(|e| CloudError::InvalidBaseUrl { provider, detail: e.to_string() })?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(CloudError::InvalidBaseUrl {
                 provider,
@@ -177,8 +162,7 @@ impl HttpCore {
         if base.cannot_be_a_base() || base.query().is_some() || base.fragment().is_some() {
             return Err(CloudError::InvalidBaseUrl {
                 provider,
-                detail: "it must be scheme://host[:port][/prefix] without query or fragment"
-                    .to_owned(),
+                detail: "it must be scheme://host[:port][/prefix] without query or fragment".to_owned(),
             });
         }
         if !base.username().is_empty() || base.password().is_some() {
@@ -193,10 +177,7 @@ impl HttpCore {
             .connect_timeout(options.timeout)
             .user_agent(concat!("hwledger/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| CloudError::Transport {
-                provider,
-                detail: error_chain(&e.without_url()),
-            })?;
+            .map_err(|e| CloudError::Transport { provider, detail: error_chain(&e.without_url()) })?;
         Ok(HttpCore {
             provider,
             http,
@@ -217,11 +198,7 @@ impl HttpCore {
     }
 
     /// GET `path` with query pairs and return its single JSON document.
-    pub(crate) async fn get_json(
-        &self,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Result<Value, CloudError> {
+    pub(crate) async fn get_json(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, CloudError> {
         let mut url = self.url(path);
         if !query.is_empty() {
             let mut pairs = url.query_pairs_mut();
@@ -252,10 +229,7 @@ impl HttpCore {
     }
 
     /// Sends the request built by `build` (rebuilt for the retry), maps the status, reads the body.
-    async fn execute(
-        &self,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<Vec<u8>, CloudError> {
+    async fn execute(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Vec<u8>, CloudError> {
         let mut retried = false;
         loop {
             let response = build()
@@ -283,32 +257,18 @@ impl HttpCore {
                         continue;
                     }
                     _ => {
-                        return Err(CloudError::RateLimited {
-                            provider: self.provider,
-                            retry_after,
-                        });
+                        return Err(CloudError::RateLimited { provider: self.provider, retry_after });
                     }
                 }
             }
-            if status == reqwest::StatusCode::UNAUTHORIZED
-                || status == reqwest::StatusCode::FORBIDDEN
-            {
-                return Err(CloudError::Unauthorized {
-                    provider: self.provider,
-                    status: status.as_u16(),
-                });
+            if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+                return Err(CloudError::Unauthorized { provider: self.provider, status: status.as_u16() });
             }
             if status.is_server_error() {
-                return Err(CloudError::Server {
-                    provider: self.provider,
-                    status: status.as_u16(),
-                });
+                return Err(CloudError::Server { provider: self.provider, status: status.as_u16() });
             }
             if !status.is_success() {
-                return Err(CloudError::UnexpectedStatus {
-                    provider: self.provider,
-                    status: status.as_u16(),
-                });
+                return Err(CloudError::UnexpectedStatus { provider: self.provider, status: status.as_u16() });
             }
             return self.read_body(response).await;
         }
@@ -317,10 +277,7 @@ impl HttpCore {
     /// Reads the body chunk by chunk, refusing it as soon as it passes the cap (a declared
     /// Content-Length over the cap is refused before reading anything).
     async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, CloudError> {
-        let too_large = || CloudError::TooLarge {
-            provider: self.provider,
-            limit_bytes: self.max_body_bytes,
-        };
+        let too_large = || CloudError::TooLarge { provider: self.provider, limit_bytes: self.max_body_bytes };
         if let Some(declared) = response.content_length()
             && usize::try_from(declared).map_or(true, |n| n > self.max_body_bytes)
         {
@@ -339,15 +296,9 @@ impl HttpCore {
     fn map_reqwest(&self, error: reqwest::Error) -> CloudError {
         let error = error.without_url();
         if error.is_timeout() {
-            CloudError::Timeout {
-                provider: self.provider,
-                timeout: self.timeout,
-            }
+            CloudError::Timeout { provider: self.provider, timeout: self.timeout }
         } else {
-            CloudError::Transport {
-                provider: self.provider,
-                detail: self.redact(&error_chain(&error)),
-            }
+            CloudError::Transport { provider: self.provider, detail: self.redact(&error_chain(&error)) }
         }
     }
 
@@ -364,28 +315,19 @@ impl HttpCore {
         if !rest.is_empty() {
             let text = String::from_utf8_lossy(rest);
             let line = text.lines().next().unwrap_or_default();
-            return Err(CloudError::TrailingGarbage {
-                provider: self.provider,
-                line: self.redact(line),
-            });
+            return Err(CloudError::TrailingGarbage { provider: self.provider, line: self.redact(line) });
         }
         Ok(value)
     }
 
     /// A [`CloudError::MalformedJson`] whose detail is redacted and shortened.
     pub(crate) fn malformed(&self, detail: &str) -> CloudError {
-        CloudError::MalformedJson {
-            provider: self.provider,
-            detail: self.redact(detail),
-        }
+        CloudError::MalformedJson { provider: self.provider, detail: self.redact(detail) }
     }
 
     /// A [`CloudError::ProviderError`] whose message is redacted and shortened.
     pub(crate) fn provider_error(&self, message: &str) -> CloudError {
-        CloudError::ProviderError {
-            provider: self.provider,
-            message: self.redact(message),
-        }
+        CloudError::ProviderError { provider: self.provider, message: self.redact(message) }
     }
 
     /// Removes the API key from a provider-supplied text (some APIs echo what they were sent) and
@@ -426,17 +368,12 @@ pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
         // Absurdly long digit strings do not fit u64: treat them as unusable, not as zero.
         return value.parse::<u64>().ok().map(Duration::from_secs);
     }
-    let imf_fixdate = format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
+    let imf_fixdate =
+        format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
     let at = time::PrimitiveDateTime::parse(value, imf_fixdate)
         .map(|t| t.assume_utc())
         .or_else(|_| OffsetDateTime::parse(value, &Rfc2822))
         .ok()?;
     let wait = at - now;
-    if wait.is_negative() {
-        Some(Duration::ZERO)
-    } else {
-        Duration::try_from(wait).ok()
-    }
+    if wait.is_negative() { Some(Duration::ZERO) } else { Duration::try_from(wait).ok() }
 }

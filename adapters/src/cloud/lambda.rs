@@ -13,8 +13,7 @@ use serde_json::Value;
 use super::http::HttpCore;
 use super::json::{f64_of, gb_to_mib, id_of, str_of, u32_of};
 use super::{
-    ApiKey, ClientOptions, CloudError, GpuSpec, PriceOffer, Provider, RentalInstance, make_offer,
-    matches_filter,
+    ApiKey, ClientOptions, CloudError, GpuSpec, PriceOffer, Provider, RentalInstance, make_offer, matches_filter,
 };
 
 /// A Lambda Cloud API client.
@@ -26,9 +25,7 @@ pub struct LambdaClient {
 impl LambdaClient {
     /// A client with the given key and options.
     pub fn new(key: ApiKey, options: ClientOptions) -> Result<Self, CloudError> {
-        Ok(LambdaClient {
-            core: HttpCore::new(Provider::Lambda, key, options)?,
-        })
+        Ok(LambdaClient { core: HttpCore::new(Provider::Lambda, key, options)? })
     }
 
     /// A client with the key from `LAMBDA_API_KEY`.
@@ -42,9 +39,7 @@ impl LambdaClient {
         let types = match self.data(&body)? {
             Value::Object(types) => types,
             _ => {
-                return Err(self
-                    .core
-                    .malformed("`data` is not an object of instance types"));
+                return Err(self.core.malformed("`data` is not an object of instance types"));
             }
         };
         let mut offers = Vec::new();
@@ -59,10 +54,7 @@ impl LambdaClient {
             }
             offers.extend(parsed);
         }
-        Ok(offers
-            .into_iter()
-            .filter(|o| matches_filter(&o.gpu_name, gpu_filter))
-            .collect())
+        Ok(offers.into_iter().filter(|o| matches_filter(&o.gpu_name, gpu_filter)).collect())
     }
 
     /// The account's running instances.
@@ -102,8 +94,7 @@ impl LambdaClient {
         match body.get("error") {
             Some(error) => {
                 let code = str_of(error.get("code")).unwrap_or_else(|| "no code".to_owned());
-                let message =
-                    str_of(error.get("message")).unwrap_or_else(|| "no message".to_owned());
+                let message = str_of(error.get("message")).unwrap_or_else(|| "no message".to_owned());
                 Err(self.core.provider_error(&format!("{message} ({code})")))
             }
             None => Err(self.core.malformed("expected an object with `data`")),
@@ -122,29 +113,15 @@ fn parse_instance_type(key: &str, entry: &Value) -> Vec<PriceOffer> {
     let regions: Vec<String> = entry
         .get("regions_with_capacity_available")
         .and_then(Value::as_array)
-        .map(|regions| {
-            regions
-                .iter()
-                .filter_map(|r| str_of(r.get("name")))
-                .collect()
-        })
+        .map(|regions| regions.iter().filter_map(|r| str_of(r.get("name"))).collect())
         .unwrap_or_default();
     if regions.is_empty() {
-        return make_offer(Provider::Lambda, name, gpu, price, None, false)
-            .into_iter()
-            .collect();
+        return make_offer(Provider::Lambda, name, gpu, price, None, false).into_iter().collect();
     }
     regions
         .into_iter()
         .filter_map(|region| {
-            make_offer(
-                Provider::Lambda,
-                format!("{name}@{region}"),
-                gpu.clone(),
-                price,
-                Some(region),
-                true,
-            )
+            make_offer(Provider::Lambda, format!("{name}@{region}"), gpu.clone(), price, Some(region), true)
         })
         .collect()
 }
@@ -160,21 +137,15 @@ fn price_usd(instance_type: &Value) -> Option<f64> {
 fn gpu_of_type(instance_type: &Value) -> Option<GpuSpec> {
     let description = str_of(instance_type.get("description"));
     let described = description.as_deref().and_then(split_count_prefix);
-    let gpu_text = str_of(instance_type.get("gpu_description"))
-        .or_else(|| described.map(|(_, rest)| rest.to_owned()))?;
-    let count = instance_type
-        .get("specs")
-        .and_then(|s| u32_of(s.get("gpus")))
-        .or_else(|| described.map(|(count, _)| count))?;
+    let gpu_text =
+        str_of(instance_type.get("gpu_description")).or_else(|| described.map(|(_, rest)| rest.to_owned()))?;
+    let count =
+        instance_type.get("specs").and_then(|s| u32_of(s.get("gpus"))).or_else(|| described.map(|(count, _)| count))?;
     let (name, vram_gb) = split_memory(&gpu_text);
     if name.is_empty() || count == 0 {
         return None;
     }
-    Some(GpuSpec {
-        name,
-        count,
-        vram_mib: vram_gb.and_then(gb_to_mib),
-    })
+    Some(GpuSpec { name, count, vram_mib: vram_gb.and_then(gb_to_mib) })
 }
 
 /// "8x H100 (80 GB SXM5)" → (8, "H100 (80 GB SXM5)").
@@ -200,12 +171,7 @@ fn split_memory(gpu_text: &str) -> (String, Option<u64>) {
     let (Some(size), true) = (size, unit_is_gb) else {
         return (text.to_owned(), None);
     };
-    let name = model
-        .split_whitespace()
-        .chain(words)
-        .chain(after.split_whitespace())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let name = model.split_whitespace().chain(words).chain(after.split_whitespace()).collect::<Vec<_>>().join(" ");
     (name, Some(size))
 }
 
@@ -215,35 +181,17 @@ mod tests {
 
     #[test]
     fn memory_is_split_from_the_gpu_description() {
-        assert_eq!(
-            split_memory("H100 (80 GB SXM5)"),
-            ("H100 SXM5".to_owned(), Some(80))
-        );
-        assert_eq!(
-            split_memory("RTX 6000 (24 GB)"),
-            ("RTX 6000".to_owned(), Some(24))
-        );
-        assert_eq!(
-            split_memory("GH200 (96 GB)"),
-            ("GH200".to_owned(), Some(96))
-        );
-        assert_eq!(
-            split_memory("Mystery GPU"),
-            ("Mystery GPU".to_owned(), None)
-        );
+        assert_eq!(split_memory("H100 (80 GB SXM5)"), ("H100 SXM5".to_owned(), Some(80)));
+        assert_eq!(split_memory("RTX 6000 (24 GB)"), ("RTX 6000".to_owned(), Some(24)));
+        assert_eq!(split_memory("GH200 (96 GB)"), ("GH200".to_owned(), Some(96)));
+        assert_eq!(split_memory("Mystery GPU"), ("Mystery GPU".to_owned(), None));
         assert_eq!(split_memory("Odd (big)"), ("Odd (big)".to_owned(), None));
-        assert_eq!(
-            split_memory("Open (80 GB"),
-            ("Open (80 GB".to_owned(), None)
-        );
+        assert_eq!(split_memory("Open (80 GB"), ("Open (80 GB".to_owned(), None));
     }
 
     #[test]
     fn count_prefix_needs_a_number_and_an_x() {
-        assert_eq!(
-            split_count_prefix("4x RTX 6000 (24 GB)"),
-            Some((4, "RTX 6000 (24 GB)"))
-        );
+        assert_eq!(split_count_prefix("4x RTX 6000 (24 GB)"), Some((4, "RTX 6000 (24 GB)")));
         assert_eq!(split_count_prefix("RTX 6000"), None);
         assert_eq!(split_count_prefix("x RTX"), None);
         assert_eq!(split_count_prefix("99999999999x A"), None);

@@ -27,8 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::{CheapestOffer, DEFAULT_PRICE_TTL, PriceCache};
 pub use error::CloudError;
 pub use http::{
-    ApiKey, ClientOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RETRY_WAIT, DEFAULT_TIMEOUT,
-    parse_retry_after,
+    ApiKey, ClientOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RETRY_WAIT, DEFAULT_TIMEOUT, parse_retry_after,
 };
 pub use lambda::LambdaClient;
 pub use runpod::RunPodClient;
@@ -164,11 +163,7 @@ pub enum CloudClient {
 
 impl CloudClient {
     /// A client for `provider` with the given key and options.
-    pub fn new(
-        provider: Provider,
-        key: ApiKey,
-        options: ClientOptions,
-    ) -> Result<Self, CloudError> {
+    pub fn new(provider: Provider, key: ApiKey, options: ClientOptions) -> Result<Self, CloudError> {
         Ok(match provider {
             Provider::Vast => CloudClient::Vast(VastClient::new(key, options)?),
             Provider::RunPod => CloudClient::RunPod(RunPodClient::new(key, options)?),

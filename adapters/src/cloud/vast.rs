@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 use super::http::HttpCore;
 use super::json::{bool_of, f64_of, id_of, str_of, u32_of, u64_of};
 use super::{
-    ApiKey, ClientOptions, CloudError, GpuSpec, PriceOffer, Provider, RentalInstance, make_offer,
-    matches_filter,
+    ApiKey, ClientOptions, CloudError, GpuSpec, PriceOffer, Provider, RentalInstance, make_offer, matches_filter,
 };
 
 /// How many offers one search asks for. Vast returns the cheapest first (we ask for that order);
@@ -26,9 +25,7 @@ pub struct VastClient {
 impl VastClient {
     /// A client with the given key and options.
     pub fn new(key: ApiKey, options: ClientOptions) -> Result<Self, CloudError> {
-        Ok(VastClient {
-            core: HttpCore::new(Provider::Vast, key, options)?,
-        })
+        Ok(VastClient { core: HttpCore::new(Provider::Vast, key, options)? })
     }
 
     /// A client with the key from `VAST_API_KEY`.
@@ -51,21 +48,12 @@ impl VastClient {
         if let Some(filter) = gpu_filter.map(str::trim).filter(|f| !f.is_empty())
             && let Some(object) = query.as_object_mut()
         {
-            object.insert(
-                "gpu_name".to_owned(),
-                json!({"eq": filter.replace('_', " ")}),
-            );
+            object.insert("gpu_name".to_owned(), json!({"eq": filter.replace('_', " ")}));
         }
         let q = query.to_string();
-        let body = self
-            .core
-            .get_json("/api/v0/bundles/", &[("q", q.as_str())])
-            .await?;
+        let body = self.core.get_json("/api/v0/bundles/", &[("q", q.as_str())]).await?;
         let offers = parse_offers(&self.core, &body)?;
-        Ok(offers
-            .into_iter()
-            .filter(|o| matches_filter(&o.gpu_name, gpu_filter))
-            .collect())
+        Ok(offers.into_iter().filter(|o| matches_filter(&o.gpu_name, gpu_filter)).collect())
     }
 
     /// The account's instances.
@@ -123,16 +111,8 @@ fn parse_offer(item: &Value) -> Option<PriceOffer> {
         vram_mib: u64_of(item.get("gpu_ram")).filter(|&mib| mib > 0),
     };
     let price = f64_of(item.get("dph_total"))?;
-    let available =
-        bool_of(item.get("rentable")) == Some(true) && bool_of(item.get("rented")) != Some(true);
-    make_offer(
-        Provider::Vast,
-        offer_id,
-        gpu,
-        price,
-        str_of(item.get("geolocation")),
-        available,
-    )
+    let available = bool_of(item.get("rentable")) == Some(true) && bool_of(item.get("rented")) != Some(true);
+    make_offer(Provider::Vast, offer_id, gpu, price, str_of(item.get("geolocation")), available)
 }
 
 fn parse_instances(core: &HttpCore, body: &Value) -> Result<Vec<RentalInstance>, CloudError> {

@@ -146,24 +146,13 @@ pub enum PkiError {
 
 impl PkiError {
     /// Builds an [`PkiError::Io`] for `path`.
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        PkiError::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PkiError::Io { action, path: path.into(), source }
     }
 
     /// Builds an [`PkiError::BadFile`] for `path`.
     pub(crate) fn bad_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        PkiError::BadFile {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        PkiError::BadFile { path: path.into(), reason: reason.into() }
     }
 
     /// Builds an [`PkiError::Generate`].

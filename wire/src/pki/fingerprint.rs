@@ -66,10 +66,8 @@ impl FromStr for Fingerprint {
             if c == ':' {
                 continue;
             }
-            let v = c
-                .to_digit(16)
-                .and_then(|d| u8::try_from(d).ok())
-                .ok_or(FingerprintParseError::NotHex { found: c })?;
+            let v =
+                c.to_digit(16).and_then(|d| u8::try_from(d).ok()).ok_or(FingerprintParseError::NotHex { found: c })?;
             if let Some(slot) = out.get_mut(digits / 2) {
                 match high.take() {
                     None => high = Some(v),
@@ -116,20 +114,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(
-            "abc".parse::<Fingerprint>(),
-            Err(FingerprintParseError::Length { digits: 3 })
-        );
+        assert_eq!("abc".parse::<Fingerprint>(), Err(FingerprintParseError::Length { digits: 3 }));
         let long = "a".repeat(200);
-        assert_eq!(
-            long.parse::<Fingerprint>(),
-            Err(FingerprintParseError::Length { digits: 200 })
-        );
+        assert_eq!(long.parse::<Fingerprint>(), Err(FingerprintParseError::Length { digits: 200 }));
         let bad = format!("{}g", "a".repeat(63));
-        assert_eq!(
-            bad.parse::<Fingerprint>(),
-            Err(FingerprintParseError::NotHex { found: 'g' })
-        );
+        assert_eq!(bad.parse::<Fingerprint>(), Err(FingerprintParseError::NotHex { found: 'g' }));
         assert!("ä".parse::<Fingerprint>().is_err());
     }
 

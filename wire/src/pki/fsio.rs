@@ -27,9 +27,7 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), PkiError> {
     builder.recursive(true);
     #[cfg(unix)]
     builder.mode(DIR_MODE);
-    builder
-        .create(dir)
-        .map_err(|e| PkiError::io("create directory", dir, e))?;
+    builder.create(dir).map_err(|e| PkiError::io("create directory", dir, e))?;
     #[cfg(unix)]
     {
         // A directory that already existed keeps its mode under `create`; tighten it.
@@ -45,19 +43,11 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), PkiError> {
 /// Writes `data` to `path` atomically with the given mode: a reader sees the old content or
 /// the new, never a mix, even across a crash or power loss.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| PkiError::bad_file(path, "has no parent directory"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| PkiError::bad_file(path, "has no file name"))?;
+    let dir = path.parent().ok_or_else(|| PkiError::bad_file(path, "has no parent directory"))?;
+    let name = path.file_name().ok_or_else(|| PkiError::bad_file(path, "has no file name"))?;
     let mut suffix = [0u8; 8];
     getrandom::fill(&mut suffix).map_err(PkiError::Random)?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        hex::encode(suffix)
-    ));
+    let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), hex::encode(suffix)));
     let result = write_then_rename(&tmp, path, data, mode);
     if result.is_err() {
         // Best effort: the temp file is garbage either way; the real error is reported.
@@ -74,11 +64,8 @@ fn write_then_rename(tmp: &Path, path: &Path, data: &[u8], mode: u32) -> Result<
     opts.mode(mode);
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = opts
-        .open(tmp)
-        .map_err(|e| PkiError::io("create temporary file", tmp, e))?;
-    file.write_all(data)
-        .map_err(|e| PkiError::io("write", tmp, e))?;
+    let mut file = opts.open(tmp).map_err(|e| PkiError::io("create temporary file", tmp, e))?;
+    file.write_all(data).map_err(|e| PkiError::io("write", tmp, e))?;
     file.sync_all().map_err(|e| PkiError::io("sync", tmp, e))?;
     drop(file);
     fs::rename(tmp, path).map_err(|e| PkiError::io("rename into place", path, e))
@@ -88,9 +75,7 @@ fn write_then_rename(tmp: &Path, path: &Path, data: &[u8], mode: u32) -> Result<
 fn sync_dir(dir: &Path) -> Result<(), PkiError> {
     #[cfg(unix)]
     {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| PkiError::io("sync directory", dir, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| PkiError::io("sync directory", dir, e))?;
     }
     #[cfg(not(unix))]
     let _ = dir;
@@ -101,14 +86,9 @@ fn sync_dir(dir: &Path) -> Result<(), PkiError> {
 pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, PkiError> {
     let file = File::open(path).map_err(|e| PkiError::io("open", path, e))?;
     let mut buf = Vec::new();
-    file.take(MAX_FILE_LEN + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| PkiError::io("read", path, e))?;
+    file.take(MAX_FILE_LEN + 1).read_to_end(&mut buf).map_err(|e| PkiError::io("read", path, e))?;
     if u64::try_from(buf.len()).unwrap_or(u64::MAX) > MAX_FILE_LEN {
-        return Err(PkiError::bad_file(
-            path,
-            format!("larger than {MAX_FILE_LEN} bytes"),
-        ));
+        return Err(PkiError::bad_file(path, format!("larger than {MAX_FILE_LEN} bytes")));
     }
     Ok(buf)
 }
@@ -157,9 +137,7 @@ impl DirLock {
         opts.create(true).truncate(false).write(true);
         #[cfg(unix)]
         opts.mode(KEY_MODE);
-        let file = opts
-            .open(&path)
-            .map_err(|e| PkiError::io("open lock file", &path, e))?;
+        let file = opts.open(&path).map_err(|e| PkiError::io("open lock file", &path, e))?;
         file.lock().map_err(|e| PkiError::io("lock", &path, e))?;
         Ok(DirLock { file })
     }
@@ -183,10 +161,7 @@ mod tests {
         write_atomic(&path, b"one", KEY_MODE)?;
         write_atomic(&path, b"two", KEY_MODE)?;
         assert_eq!(fs::read(&path)?, b"two");
-        let names: Vec<_> = fs::read_dir(dir.path())?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path())?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
         #[cfg(unix)]
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, KEY_MODE);

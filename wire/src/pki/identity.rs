@@ -52,16 +52,11 @@ pub fn identity_from_cert_der(der: &[u8]) -> Result<PeerIdentity, PkiError> {
 pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
     if der.len() > MAX_CERT_DER_LEN {
         return Err(PkiError::MalformedCertificate {
-            reason: format!(
-                "{} bytes exceeds the {MAX_CERT_DER_LEN}-byte limit",
-                der.len()
-            ),
+            reason: format!("{} bytes exceeds the {MAX_CERT_DER_LEN}-byte limit", der.len()),
         });
     }
     let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| PkiError::MalformedCertificate {
-            reason: e.to_string(),
-        })?;
+        X509Certificate::from_der(der).map_err(|e| PkiError::MalformedCertificate { reason: e.to_string() })?;
     if !rest.is_empty() {
         return Err(PkiError::MalformedCertificate {
             reason: format!("{} trailing bytes after the certificate", rest.len()),
@@ -74,9 +69,7 @@ pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
 fn role_of(cert: &X509Certificate<'_>) -> Result<Role, PkiError> {
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| PkiError::MalformedCertificate {
-            reason: format!("subject alternative name: {e}"),
-        })?;
+        .map_err(|e| PkiError::MalformedCertificate { reason: format!("subject alternative name: {e}") })?;
     let Some(san) = san else {
         return Err(PkiError::NoRole);
     };
@@ -98,10 +91,7 @@ fn role_of(cert: &X509Certificate<'_>) -> Result<Role, PkiError> {
 
 /// Serial bytes as lowercase hex, without the sign-padding zero bytes DER may add.
 pub(crate) fn serial_hex(raw: &[u8]) -> String {
-    let start = raw
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(raw.len().saturating_sub(1));
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
     hex::encode(raw.get(start..).unwrap_or_default())
 }
 
@@ -111,17 +101,8 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for input in [
-            &b""[..],
-            &b"\x30"[..],
-            &b"\x30\x82\xff\xff"[..],
-            &[0u8; 100][..],
-            &[0x30u8; 64][..],
-        ] {
-            assert!(matches!(
-                identity_from_cert_der(input),
-                Err(PkiError::MalformedCertificate { .. })
-            ));
+        for input in [&b""[..], &b"\x30"[..], &b"\x30\x82\xff\xff"[..], &[0u8; 100][..], &[0x30u8; 64][..]] {
+            assert!(matches!(identity_from_cert_der(input), Err(PkiError::MalformedCertificate { .. })));
         }
         let huge = vec![0x30u8; MAX_CERT_DER_LEN + 1];
         assert!(identity_from_cert_der(&huge).is_err());

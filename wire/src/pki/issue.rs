@@ -3,8 +3,8 @@
 //! clock or touches the disk.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::ServerName;
 use time::{Duration, OffsetDateTime};
@@ -72,11 +72,7 @@ pub(crate) fn ca_params(
     let mut p = CertificateParams::default();
     p.distinguished_name = subject(ca_common_name(fleet_id, generation));
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     p.not_before = whole_seconds(now - CLOCK_SKEW_ALLOWANCE);
     p.not_after = whole_seconds(now + validity);
     p.serial_number = Some(random_serial()?);
@@ -106,16 +102,11 @@ pub(crate) fn leaf_window(
     ca_not_after: OffsetDateTime,
 ) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     if validity <= Duration::ZERO {
-        return Err(PkiError::InvalidValidity {
-            reason: format!("validity must be positive, got {validity}"),
-        });
+        return Err(PkiError::InvalidValidity { reason: format!("validity must be positive, got {validity}") });
     }
     if validity > MAX_LEAF_VALIDITY {
         return Err(PkiError::InvalidValidity {
-            reason: format!(
-                "validity {validity} exceeds the maximum of {} days",
-                MAX_LEAF_VALIDITY.whole_days()
-            ),
+            reason: format!("validity {validity} exceeds the maximum of {} days", MAX_LEAF_VALIDITY.whole_days()),
         });
     }
     let not_before = whole_seconds(now - CLOCK_SKEW_ALLOWANCE);
@@ -137,10 +128,7 @@ pub(crate) fn role_params(
     not_after: OffsetDateTime,
 ) -> Result<CertificateParams, PkiError> {
     role.validate()?;
-    let uri = role
-        .to_uri()
-        .try_into()
-        .map_err(|e| PkiError::generate("encode the role URI", e))?;
+    let uri = role.to_uri().try_into().map_err(|e| PkiError::generate("encode the role URI", e))?;
     let mut p = CertificateParams::default();
     p.distinguished_name = subject(role.to_string());
     p.subject_alt_names = vec![SanType::URI(uri)];
@@ -158,9 +146,7 @@ pub(crate) fn role_params(
 pub(crate) fn validate_server_name(name: &str) -> Result<(), PkiError> {
     ServerName::try_from(name)
         .map(|_| ())
-        .map_err(|_| PkiError::InvalidServerName {
-            name: truncate_for_message(name, 120),
-        })
+        .map_err(|_| PkiError::InvalidServerName { name: truncate_for_message(name, 120) })
 }
 
 /// Parameters of the server certificate for `names` (DNS names and IP literals).
@@ -172,8 +158,7 @@ pub(crate) fn server_params(
     for name in names {
         validate_server_name(name)?;
     }
-    let mut p = CertificateParams::new(names.to_vec())
-        .map_err(|e| PkiError::generate("encode the server names", e))?;
+    let mut p = CertificateParams::new(names.to_vec()).map_err(|e| PkiError::generate("encode the server names", e))?;
     let first = names.first().cloned().unwrap_or_else(|| "localhost".into());
     p.distinguished_name = subject(format!("hwledger server {first}"));
     p.is_ca = IsCa::ExplicitNoCa;
@@ -191,35 +176,22 @@ pub(crate) fn server_params(
 /// SANs, usages) is ignored, because the role comes from the server.
 pub(crate) fn csr_public_key(csr_pem: &str) -> Result<rcgen::PublicKey, PkiError> {
     if csr_pem.len() > MAX_CSR_PEM_LEN {
-        return Err(PkiError::CsrTooLarge {
-            size: csr_pem.len(),
-            limit: MAX_CSR_PEM_LEN,
-        });
+        return Err(PkiError::CsrTooLarge { size: csr_pem.len(), limit: MAX_CSR_PEM_LEN });
     }
     let begins = csr_pem.matches("-----BEGIN ").count();
     if begins != 1 {
-        return Err(PkiError::MalformedCsr {
-            reason: format!("expected exactly one PEM block, found {begins}"),
-        });
+        return Err(PkiError::MalformedCsr { reason: format!("expected exactly one PEM block, found {begins}") });
     }
     if !csr_pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
-        return Err(PkiError::MalformedCsr {
-            reason: "the PEM block is not a CERTIFICATE REQUEST".into(),
-        });
+        return Err(PkiError::MalformedCsr { reason: "the PEM block is not a CERTIFICATE REQUEST".into() });
     }
     let parsed = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
         rcgen::Error::InvalidCertificationRequestSignature => PkiError::CsrBadSignature,
         rcgen::Error::UnsupportedSignatureAlgorithm => PkiError::CsrUnsupportedKey,
-        other => PkiError::MalformedCsr {
-            reason: other.to_string(),
-        },
+        other => PkiError::MalformedCsr { reason: other.to_string() },
     })?;
     let alg = parsed.public_key.algorithm();
-    let accepted = [
-        &rcgen::PKCS_ECDSA_P256_SHA256,
-        &rcgen::PKCS_ECDSA_P384_SHA384,
-        &rcgen::PKCS_ED25519,
-    ];
+    let accepted = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
     if !accepted.contains(&alg) {
         return Err(PkiError::CsrUnsupportedKey);
     }
@@ -232,19 +204,12 @@ pub(crate) fn csr_public_key(csr_pem: &str) -> Result<rcgen::PublicKey, PkiError
 pub fn generate_key_and_csr(role: &Role) -> Result<(String, String), PkiError> {
     role.validate()?;
     let key = new_key()?;
-    let uri = role
-        .to_uri()
-        .try_into()
-        .map_err(|e| PkiError::generate("encode the role URI", e))?;
+    let uri = role.to_uri().try_into().map_err(|e| PkiError::generate("encode the role URI", e))?;
     let mut p = CertificateParams::default();
     p.distinguished_name = subject(role.to_string());
     p.subject_alt_names = vec![SanType::URI(uri)];
-    let csr = p
-        .serialize_request(&key)
-        .map_err(|e| PkiError::generate("build the CSR", e))?;
-    let csr_pem = csr
-        .pem()
-        .map_err(|e| PkiError::generate("encode the CSR as PEM", e))?;
+    let csr = p.serialize_request(&key).map_err(|e| PkiError::generate("build the CSR", e))?;
+    let csr_pem = csr.pem().map_err(|e| PkiError::generate("encode the CSR as PEM", e))?;
     Ok((key.serialize_pem(), csr_pem))
 }
 
@@ -295,18 +260,10 @@ mod tests {
         let role = Role::agent("d1")?;
         let (_key, csr) = generate_key_and_csr(&role)?;
         assert!(csr_public_key(&csr).is_ok());
+        assert!(matches!(csr_public_key(&format!("{csr}{csr}")), Err(PkiError::MalformedCsr { .. })));
+        assert!(matches!(csr_public_key(&"A".repeat(MAX_CSR_PEM_LEN + 1)), Err(PkiError::CsrTooLarge { .. })));
         assert!(matches!(
-            csr_public_key(&format!("{csr}{csr}")),
-            Err(PkiError::MalformedCsr { .. })
-        ));
-        assert!(matches!(
-            csr_public_key(&"A".repeat(MAX_CSR_PEM_LEN + 1)),
-            Err(PkiError::CsrTooLarge { .. })
-        ));
-        assert!(matches!(
-            csr_public_key(
-                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
-            ),
+            csr_public_key("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"),
             Err(PkiError::MalformedCsr { .. })
         ));
         Ok(())

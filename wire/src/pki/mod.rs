@@ -20,9 +20,6 @@ pub use identity::{MAX_CERT_DER_LEN, PeerIdentity, identity_from_cert_der};
 pub use issue::{CLOCK_SKEW_ALLOWANCE, MAX_CSR_PEM_LEN, MAX_LEAF_VALIDITY, generate_key_and_csr};
 pub use role::{MAX_NAME_LEN, Role, validate_name};
 pub use store::{
-    BundlePaths, CaInfo, DEFAULT_SERVER_NAMES, IssuedCert, Pki, PkiOptions, PkiStatus, Rotation,
-    write_bundle,
+    BundlePaths, CaInfo, DEFAULT_SERVER_NAMES, IssuedCert, Pki, PkiOptions, PkiStatus, Rotation, write_bundle,
 };
-pub use token::{
-    BootstrapToken, TokenHash, TokenHashParseError, constant_time_eq, new_bootstrap_token,
-};
+pub use token::{BootstrapToken, TokenHash, TokenHashParseError, constant_time_eq, new_bootstrap_token};

@@ -38,25 +38,19 @@ impl Role {
     /// An agent role for `device_id`, validated.
     pub fn agent(device_id: &str) -> Result<Role, PkiError> {
         validate_name("device id", device_id)?;
-        Ok(Role::Agent {
-            device_id: device_id.to_owned(),
-        })
+        Ok(Role::Agent { device_id: device_id.to_owned() })
     }
 
     /// An operator role for `name`, validated.
     pub fn operator(name: &str) -> Result<Role, PkiError> {
         validate_name("operator name", name)?;
-        Ok(Role::Operator {
-            name: name.to_owned(),
-        })
+        Ok(Role::Operator { name: name.to_owned() })
     }
 
     /// An auditor role for `name`, validated.
     pub fn auditor(name: &str) -> Result<Role, PkiError> {
         validate_name("auditor name", name)?;
-        Ok(Role::Auditor {
-            name: name.to_owned(),
-        })
+        Ok(Role::Auditor { name: name.to_owned() })
     }
 
     /// `"agent"`, `"operator"` or `"auditor"`.
@@ -100,22 +94,14 @@ impl Role {
 
     /// Whether `uri` is in the hwledger role namespace at all (then it must parse).
     pub(crate) fn is_role_uri(uri: &str) -> bool {
-        uri.get(..SCHEME.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(SCHEME))
+        uri.get(..SCHEME.len()).is_some_and(|p| p.eq_ignore_ascii_case(SCHEME))
     }
 
     /// Parses a `hwledger:<role>:<name>` URI.
     pub fn from_uri(uri: &str) -> Result<Role, PkiError> {
-        let bad = |reason: &'static str| PkiError::BadRoleUri {
-            uri: truncate_for_message(uri, 120),
-            reason,
-        };
-        let rest = uri
-            .strip_prefix(SCHEME)
-            .ok_or(bad("must start with \"hwledger:\""))?;
-        let (kind, name) = rest
-            .split_once(':')
-            .ok_or(bad("must be hwledger:<role>:<name>"))?;
+        let bad = |reason: &'static str| PkiError::BadRoleUri { uri: truncate_for_message(uri, 120), reason };
+        let rest = uri.strip_prefix(SCHEME).ok_or(bad("must start with \"hwledger:\""))?;
+        let (kind, name) = rest.split_once(':').ok_or(bad("must be hwledger:<role>:<name>"))?;
         match kind {
             "agent" => Role::agent(name),
             "operator" => Role::operator(name),
@@ -133,21 +119,14 @@ impl fmt::Display for Role {
 
 /// Checks a device id or person name against `[A-Za-z0-9._-]{1,64}`.
 pub fn validate_name(kind: &'static str, value: &str) -> Result<(), PkiError> {
-    let err = |reason| PkiError::InvalidName {
-        kind,
-        value: truncate_for_message(value, 80),
-        reason,
-    };
+    let err = |reason| PkiError::InvalidName { kind, value: truncate_for_message(value, 80), reason };
     if value.is_empty() {
         return Err(err("it is empty"));
     }
     if value.len() > MAX_NAME_LEN {
         return Err(err("it is longer than 64 characters"));
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
         return Err(err("it contains a character outside the allowed set"));
     }
     Ok(())
@@ -159,13 +138,9 @@ mod tests {
 
     #[test]
     fn uri_round_trip() {
-        for role in [
-            Role::agent("gpu-box_01.lan").ok(),
-            Role::operator("alice").ok(),
-            Role::auditor("A.B-c_9").ok(),
-        ]
-        .into_iter()
-        .flatten()
+        for role in [Role::agent("gpu-box_01.lan").ok(), Role::operator("alice").ok(), Role::auditor("A.B-c_9").ok()]
+            .into_iter()
+            .flatten()
         {
             assert_eq!(Role::from_uri(&role.to_uri()).ok(), Some(role));
         }
@@ -197,9 +172,7 @@ mod tests {
 
     #[test]
     fn serde_shape() {
-        let role = Role::Agent {
-            device_id: "d1".into(),
-        };
+        let role = Role::Agent { device_id: "d1".into() };
         let json = serde_json::to_string(&role).unwrap_or_default();
         assert_eq!(json, r#"{"role":"agent","device_id":"d1"}"#);
     }

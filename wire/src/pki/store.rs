@@ -80,9 +80,7 @@ impl PkiOptions {
                 self.ca_validity, self.rotation_interval
             ));
         }
-        if self.server_cert_validity <= self.server_renew_before
-            || self.server_renew_before < Duration::ZERO
-        {
+        if self.server_cert_validity <= self.server_renew_before || self.server_renew_before < Duration::ZERO {
             return bad(format!(
                 "server certificate validity ({}) must exceed its renewal margin ({}), which must not be negative",
                 self.server_cert_validity, self.server_renew_before
@@ -339,12 +337,7 @@ impl Pki {
     }
 
     /// Issues a certificate for `role`, with a key generated here (ECDSA P-256).
-    pub fn issue(
-        &self,
-        role: &Role,
-        validity: Duration,
-        now: OffsetDateTime,
-    ) -> Result<IssuedCert, PkiError> {
+    pub fn issue(&self, role: &Role, validity: Duration, now: OffsetDateTime) -> Result<IssuedCert, PkiError> {
         let key = issue::new_key()?;
         let mut cert = self.sign(role, &key, validity, now)?;
         cert.key_pem = Some(key.serialize_pem());
@@ -373,9 +366,8 @@ impl Pki {
     ) -> Result<IssuedCert, PkiError> {
         let (not_before, not_after) = issue::leaf_window(now, validity, self.issuing_not_after)?;
         let params = issue::role_params(role, not_before, not_after)?;
-        let cert = params
-            .signed_by(public_key, &self.issuer)
-            .map_err(|e| PkiError::generate("sign the certificate", e))?;
+        let cert =
+            params.signed_by(public_key, &self.issuer).map_err(|e| PkiError::generate("sign the certificate", e))?;
         let der = cert.der().to_vec();
         let parsed = parse_cert(&der)?;
         let serial = serial_hex(parsed.raw_serial());
@@ -394,20 +386,12 @@ impl Pki {
 
     /// The CA certificates trusted at `now`: not past their overlap deadline and not expired.
     pub fn trust_roots(&self, now: OffsetDateTime) -> Vec<CertificateDer<'static>> {
-        self.cas
-            .iter()
-            .filter(|ca| ca.trusted_at(now))
-            .map(|ca| ca.cert_der.clone())
-            .collect()
+        self.cas.iter().filter(|ca| ca.trusted_at(now)).map(|ca| ca.cert_der.clone()).collect()
     }
 
     /// The trusted CA certificates as one PEM bundle: what agents fetch and trust.
     pub fn ca_bundle_pem(&self, now: OffsetDateTime) -> String {
-        self.cas
-            .iter()
-            .filter(|ca| ca.trusted_at(now))
-            .map(|ca| ca.cert_pem.as_str())
-            .collect()
+        self.cas.iter().filter(|ca| ca.trusted_at(now)).map(|ca| ca.cert_pem.as_str()).collect()
     }
 
     /// The server's certificate chain for TLS: the server certificate, followed during an
@@ -416,12 +400,8 @@ impl Pki {
     pub fn server_cert_chain(&self, now: OffsetDateTime) -> Vec<CertificateDer<'static>> {
         let mut chain = vec![self.server.cert_der.clone()];
         if let Some(issuing) = self.issuing_ca()
-            && let (Some(by), Some(cross)) =
-                (issuing.record.cross_signed_by, issuing.cross_der.as_ref())
-            && self
-                .cas
-                .iter()
-                .any(|ca| ca.record.generation == by && ca.trusted_at(now))
+            && let (Some(by), Some(cross)) = (issuing.record.cross_signed_by, issuing.cross_der.as_ref())
+            && self.cas.iter().any(|ca| ca.record.generation == by && ca.trusted_at(now))
         {
             chain.push(cross.clone());
         }
@@ -464,28 +444,14 @@ impl Pki {
         // Another process may have rotated since we loaded: start from what is on disk.
         let current = load(&self.dir, self.opts.clone(), now)?;
         let previous = current.state.issuing;
-        let new_generation = current
-            .cas
-            .iter()
-            .map(|ca| ca.record.generation)
-            .max()
-            .unwrap_or(previous)
-            .checked_add(1)
-            .ok_or_else(|| PkiError::State {
-                path: state_path(&self.dir),
-                reason: "CA generation counter overflowed".into(),
-            })?;
+        let new_generation =
+            current.cas.iter().map(|ca| ca.record.generation).max().unwrap_or(previous).checked_add(1).ok_or_else(
+                || PkiError::State { path: state_path(&self.dir), reason: "CA generation counter overflowed".into() },
+            )?;
 
         let key = issue::new_key()?;
-        let params = issue::ca_params(
-            &current.state.fleet_id,
-            new_generation,
-            now,
-            self.opts.ca_validity,
-        )?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| PkiError::generate("self-sign the new CA", e))?;
+        let params = issue::ca_params(&current.state.fleet_id, new_generation, now, self.opts.ca_validity)?;
+        let cert = params.self_signed(&key).map_err(|e| PkiError::generate("self-sign the new CA", e))?;
         let cross_signed_by = if now < current.issuing_not_after {
             let cross = issue::cross_params(&params, current.issuing_not_after)?
                 .signed_by(&key, &current.issuer)
@@ -499,16 +465,8 @@ impl Pki {
         } else {
             None
         };
-        fsio::write_atomic(
-            &ca_key_path(&self.dir, new_generation),
-            key.serialize_pem().as_bytes(),
-            KEY_MODE,
-        )?;
-        fsio::write_atomic(
-            &ca_cert_path(&self.dir, new_generation),
-            cert.pem().as_bytes(),
-            PUBLIC_MODE,
-        )?;
+        fsio::write_atomic(&ca_key_path(&self.dir, new_generation), key.serialize_pem().as_bytes(), KEY_MODE)?;
+        fsio::write_atomic(&ca_cert_path(&self.dir, new_generation), cert.pem().as_bytes(), PUBLIC_MODE)?;
 
         let mut state = current.state.clone();
         let deadline = whole_seconds(now + overlap);
@@ -557,29 +515,18 @@ impl Pki {
             issuing: ca_info(issuing),
             rotation_due_at,
             rotation_due: now >= rotation_due_at,
-            trusted: self
-                .cas
-                .iter()
-                .filter(|ca| ca.trusted_at(now))
-                .map(ca_info)
-                .collect(),
+            trusted: self.cas.iter().filter(|ca| ca.trusted_at(now)).map(ca_info).collect(),
             server_fingerprint: self.server.fingerprint,
             server_not_after: self.server.not_after,
         })
     }
 
     fn issuing_ca(&self) -> Option<&LoadedCa> {
-        self.cas
-            .iter()
-            .find(|ca| ca.record.generation == self.state.issuing)
+        self.cas.iter().find(|ca| ca.record.generation == self.state.issuing)
     }
 
     /// Loads the server certificate or (re-)issues it; the caller holds the directory lock.
-    fn ensure_server_cert_locked(
-        &mut self,
-        now: OffsetDateTime,
-        force: bool,
-    ) -> Result<bool, PkiError> {
+    fn ensure_server_cert_locked(&mut self, now: OffsetDateTime, force: bool) -> Result<bool, PkiError> {
         let names = self.opts.server_names();
         if !force {
             match self.check_server_cert(&names, now)? {
@@ -593,8 +540,7 @@ impl Pki {
             }
         }
         let key = issue::new_key()?;
-        let (not_before, not_after) =
-            issue::leaf_window(now, self.opts.server_cert_validity, self.issuing_not_after)?;
+        let (not_before, not_after) = issue::leaf_window(now, self.opts.server_cert_validity, self.issuing_not_after)?;
         let cert = issue::server_params(&names, not_before, not_after)?
             .signed_by(&key, &self.issuer)
             .map_err(|e| PkiError::generate("sign the server certificate", e))?;
@@ -603,28 +549,15 @@ impl Pki {
         // load detects and repairs; the reverse order would too, but this never exposes a
         // certificate whose key was never written.
         fsio::write_atomic(&server_key_path(&self.dir), key_pem.as_bytes(), KEY_MODE)?;
-        fsio::write_atomic(
-            &server_cert_path(&self.dir),
-            cert.pem().as_bytes(),
-            PUBLIC_MODE,
-        )?;
+        fsio::write_atomic(&server_cert_path(&self.dir), cert.pem().as_bytes(), PUBLIC_MODE)?;
         let der = cert.der().clone();
-        self.server = ServerCert {
-            fingerprint: Fingerprint::of_der(&der),
-            cert_der: der,
-            key_pem,
-            not_after,
-        };
+        self.server = ServerCert { fingerprint: Fingerprint::of_der(&der), cert_der: der, key_pem, not_after };
         Ok(true)
     }
 
     /// The on-disk server certificate if it is usable, or why not (`Ok(Err(reason))`).
     /// I/O errors other than "not found" are real errors.
-    fn check_server_cert(
-        &self,
-        names: &[String],
-        now: OffsetDateTime,
-    ) -> Result<Result<ServerCert, String>, PkiError> {
+    fn check_server_cert(&self, names: &[String], now: OffsetDateTime) -> Result<Result<ServerCert, String>, PkiError> {
         let cert_path = server_cert_path(&self.dir);
         let key_path = server_key_path(&self.dir);
         if !fsio::exists(&cert_path)? || !fsio::exists(&key_path)? {
@@ -633,24 +566,16 @@ impl Pki {
         let cert_pem = fsio::read_text(&cert_path)?;
         let key_pem = fsio::read_private(&key_path)?;
         let Ok(der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
-            return Ok(Err(format!(
-                "{} holds no PEM certificate",
-                cert_path.display()
-            )));
+            return Ok(Err(format!("{} holds no PEM certificate", cert_path.display())));
         };
         let Ok(cert) = parse_cert(&der) else {
-            return Ok(Err(format!(
-                "{} is not a valid certificate",
-                cert_path.display()
-            )));
+            return Ok(Err(format!("{} is not a valid certificate", cert_path.display())));
         };
         let Ok(key) = KeyPair::from_pem(&key_pem) else {
             return Ok(Err(format!("{} is not a valid key", key_path.display())));
         };
         if key.subject_public_key_info() != cert.public_key().raw {
-            return Ok(Err(
-                "server key does not match the server certificate".into()
-            ));
+            return Ok(Err("server key does not match the server certificate".into()));
         }
         let issuing = self.issuing_ca().ok_or_else(|| PkiError::State {
             path: state_path(&self.dir),
@@ -658,34 +583,23 @@ impl Pki {
         })?;
         let issuing_parsed = parse_cert(&issuing.cert_der)?;
         if cert.issuer().as_raw() != issuing_parsed.subject().as_raw() {
-            return Ok(Err(
-                "server certificate is from a CA that no longer issues".into()
-            ));
+            return Ok(Err("server certificate is from a CA that no longer issues".into()));
         }
         let want: BTreeSet<String> = names.iter().map(|n| normalise_name(n)).collect();
         let have = cert_names(&cert);
         if want != have {
-            return Ok(Err(format!(
-                "server names changed (certificate has {have:?}, configured {want:?})"
-            )));
+            return Ok(Err(format!("server names changed (certificate has {have:?}, configured {want:?})")));
         }
         let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
         if not_before > now {
-            return Ok(Err(format!(
-                "server certificate starts in the future ({not_before})"
-            )));
+            return Ok(Err(format!("server certificate starts in the future ({not_before})")));
         }
         if not_after - now < self.opts.server_renew_before {
             return Ok(Err(format!("server certificate expires at {not_after}")));
         }
         let der = der.into_owned();
-        Ok(Ok(ServerCert {
-            fingerprint: Fingerprint::of_der(&der),
-            cert_der: der,
-            key_pem,
-            not_after,
-        }))
+        Ok(Ok(ServerCert { fingerprint: Fingerprint::of_der(&der), cert_der: der, key_pem, not_after }))
     }
 }
 
@@ -725,10 +639,8 @@ fn ca_info(ca: &LoadedCa) -> CaInfo {
 }
 
 fn write_state(dir: &Path, state: &StateFile) -> Result<(), PkiError> {
-    let json = serde_json::to_vec_pretty(state).map_err(|e| PkiError::State {
-        path: state_path(dir),
-        reason: format!("cannot encode: {e}"),
-    })?;
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| PkiError::State { path: state_path(dir), reason: format!("cannot encode: {e}") })?;
     fsio::write_atomic(&state_path(dir), &json, PUBLIC_MODE)
 }
 
@@ -741,11 +653,7 @@ fn create_first_ca(dir: &Path, opts: &PkiOptions, now: OffsetDateTime) -> Result
     let cert = issue::ca_params(&fleet_id, 1, now, opts.ca_validity)?
         .self_signed(&key)
         .map_err(|e| PkiError::generate("self-sign the fleet CA", e))?;
-    fsio::write_atomic(
-        &ca_key_path(dir, 1),
-        key.serialize_pem().as_bytes(),
-        KEY_MODE,
-    )?;
+    fsio::write_atomic(&ca_key_path(dir, 1), key.serialize_pem().as_bytes(), KEY_MODE)?;
     fsio::write_atomic(&ca_cert_path(dir, 1), cert.pem().as_bytes(), PUBLIC_MODE)?;
     write_state(
         dir,
@@ -769,35 +677,20 @@ fn create_first_ca(dir: &Path, opts: &PkiOptions, now: OffsetDateTime) -> Result
 /// left empty for the caller to fill (`ensure_server_cert_locked`).
 fn load(dir: &Path, opts: PkiOptions, now: OffsetDateTime) -> Result<Pki, PkiError> {
     let path = state_path(dir);
-    let state: StateFile =
-        serde_json::from_slice(&fsio::read_bounded(&path)?).map_err(|e| PkiError::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-    let bad_state = |reason: String| PkiError::State {
-        path: path.clone(),
-        reason,
-    };
+    let state: StateFile = serde_json::from_slice(&fsio::read_bounded(&path)?)
+        .map_err(|e| PkiError::State { path: path.clone(), reason: e.to_string() })?;
+    let bad_state = |reason: String| PkiError::State { path: path.clone(), reason };
     if state.format != STATE_FORMAT {
-        return Err(bad_state(format!(
-            "format {} is not supported (expected {STATE_FORMAT})",
-            state.format
-        )));
+        return Err(bad_state(format!("format {} is not supported (expected {STATE_FORMAT})", state.format)));
     }
     let mut seen = BTreeSet::new();
     for record in &state.cas {
         if !seen.insert(record.generation) {
-            return Err(bad_state(format!(
-                "CA generation {} is listed twice",
-                record.generation
-            )));
+            return Err(bad_state(format!("CA generation {} is listed twice", record.generation)));
         }
     }
     if !seen.contains(&state.issuing) {
-        return Err(bad_state(format!(
-            "issuing CA {} is not listed",
-            state.issuing
-        )));
+        return Err(bad_state(format!("issuing CA {} is not listed", state.issuing)));
     }
 
     let mut cas = Vec::with_capacity(state.cas.len());
@@ -815,18 +708,11 @@ fn load(dir: &Path, opts: PkiOptions, now: OffsetDateTime) -> Result<Pki, PkiErr
     if key.subject_public_key_info() != parsed.public_key().raw {
         return Err(PkiError::bad_file(
             &key_path,
-            format!(
-                "does not match the CA certificate {}",
-                ca_cert_path(dir, state.issuing).display()
-            ),
+            format!("does not match the CA certificate {}", ca_cert_path(dir, state.issuing).display()),
         ));
     }
-    let issuer = Issuer::from_ca_cert_der(&issuing.cert_der, key).map_err(|e| {
-        PkiError::bad_file(
-            ca_cert_path(dir, state.issuing),
-            format!("cannot act as issuer: {e}"),
-        )
-    })?;
+    let issuer = Issuer::from_ca_cert_der(&issuing.cert_der, key)
+        .map_err(|e| PkiError::bad_file(ca_cert_path(dir, state.issuing), format!("cannot act as issuer: {e}")))?;
     let issuing_not_after = issuing.not_after;
     if now >= issuing_not_after {
         tracing::warn!(
@@ -885,10 +771,7 @@ fn read_single_cert(path: &Path) -> Result<(CertificateDer<'static>, String), Pk
     }
     match <[CertificateDer<'static>; 1]>::try_from(certs) {
         Ok([one]) => Ok((one, pem)),
-        Err(v) => Err(PkiError::bad_file(
-            path,
-            format!("holds {} certificates, expected one", v.len()),
-        )),
+        Err(v) => Err(PkiError::bad_file(path, format!("holds {} certificates, expected one", v.len()))),
     }
 }
 
@@ -905,11 +788,7 @@ pub struct BundlePaths {
 
 /// Writes a credential bundle into `out_dir` (created 0700 if missing): `ca.crt`, and
 /// `<kind>-<name>.crt` / `<kind>-<name>.key` (0600) for the role, e.g. `agent-gpu1.crt`.
-pub fn write_bundle(
-    out_dir: &Path,
-    cert: &IssuedCert,
-    ca_bundle_pem: &str,
-) -> Result<BundlePaths, PkiError> {
+pub fn write_bundle(out_dir: &Path, cert: &IssuedCert, ca_bundle_pem: &str) -> Result<BundlePaths, PkiError> {
     cert.role.validate()?;
     fsio::ensure_private_dir(out_dir)?;
     let stem = cert.role.file_stem();
@@ -925,9 +804,5 @@ pub fn write_bundle(
         None => None,
     };
     fsio::write_atomic(&cert_path, cert.cert_pem.as_bytes(), PUBLIC_MODE)?;
-    Ok(BundlePaths {
-        ca,
-        cert: cert_path,
-        key,
-    })
+    Ok(BundlePaths { ca, cert: cert_path, key })
 }

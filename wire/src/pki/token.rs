@@ -115,10 +115,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
     std::hint::black_box(diff) == 0
 }
 
@@ -130,12 +127,7 @@ mod tests {
     fn tokens_verify_against_their_hash_only() -> Result<(), PkiError> {
         let (token, hash) = new_bootstrap_token()?;
         assert_eq!(token.as_str().len(), 43);
-        assert!(
-            token
-                .as_str()
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        );
+        assert!(token.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert!(hash.verify(token.as_str()));
         let (other, _) = new_bootstrap_token()?;
         assert_ne!(token, other);
