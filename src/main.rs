@@ -15,7 +15,17 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HWLEDGER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if cli.global.verbose { "debug" } else { "info" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
-    match cmd::run(cli) {
+    let result = cmd::run(cli);
+    if std::env::var_os("HWLEDGER_REPORT_PEAK_RSS").is_some() {
+        // For `bench` W6: this process's peak resident set, from the kernel's own accounting.
+        if let Some(line) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        {
+            eprintln!("peak_rss_kb {}", line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim());
+        }
+    }
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

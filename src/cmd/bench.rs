@@ -32,7 +32,7 @@ pub struct BenchArgs {
     /// Parent directory for the data directories (default: a fresh temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Comma-separated workloads (W1a,W1b,W1c,W2,W3,W4,W7). Default: all.
+    /// Comma-separated workloads (W1a,W1b,W1c,W2,W3,W4,W6,W7). Default: all.
     #[arg(long)]
     pub only: Option<String>,
     /// Runs per figure (the median is reported).
@@ -326,12 +326,13 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
             n,
         });
     }
-    let needs_log = ["W1c", "W2", "W3", "W4", "W7"].iter().any(|w| selected(w));
+    let needs_log = ["W1c", "W2", "W3", "W4", "W6", "W7"].iter().any(|w| selected(w));
     if needs_log {
         let mut rates = Vec::new();
         let mut kept = None;
         for _ in 0..runs {
-            let d = fresh("w1c");
+            // `<run>/ledger` so that W6 can open it as a data directory with the binary.
+            let d = fresh("w1c").join("ledger");
             let (rate, ledger) = w1c(&d, n)?;
             rates.push(rate);
             kept = Some((d, ledger));
@@ -354,6 +355,22 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             out.push(Measure { workload: "W2", metric: "events_per_s", value: median(r), unit: "events/s", n: total });
+            // The same replay through all four projections (registry, snapshots, cost, dashboard).
+            let r: Vec<f64> = (0..runs)
+                .map(|_| -> anyhow::Result<f64> {
+                    let start = Instant::now();
+                    let past = hwledger_projections::as_of(ledger.store(), hwledger_projections::AsOf::Seq(total))?;
+                    anyhow::ensure!(past.seq == total, "projections replayed to {} of {total}", past.seq);
+                    Ok(total as f64 / start.elapsed().as_secs_f64())
+                })
+                .collect::<anyhow::Result<_>>()?;
+            out.push(Measure {
+                workload: "W2",
+                metric: "projections_events_per_s",
+                value: median(r),
+                unit: "events/s",
+                n: total,
+            });
         }
         if selected("W7") {
             let size = total;
@@ -393,6 +410,39 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 n: total,
             });
         }
+        if selected("W6") {
+            // Cold start in a fresh process: open the ledger and the projections and answer the first read.
+            let data = dir.parent().context("data directory")?;
+            let exe = std::env::current_exe().context("locate the hwledger binary")?;
+            let prepare =
+                std::process::Command::new(&exe).arg("--data").arg(data).args(["--json", "dashboard"]).output()?;
+            anyhow::ensure!(
+                prepare.status.success(),
+                "W6 warm-up failed: {}",
+                String::from_utf8_lossy(&prepare.stderr)
+            );
+            let mut secs = Vec::new();
+            let mut rss = Vec::new();
+            for _ in 0..runs {
+                let start = Instant::now();
+                let o = std::process::Command::new(&exe)
+                    .arg("--data")
+                    .arg(data)
+                    .args(["--json", "dashboard"])
+                    .env("HWLEDGER_REPORT_PEAK_RSS", "1")
+                    .output()?;
+                secs.push(start.elapsed().as_secs_f64());
+                anyhow::ensure!(o.status.success(), "W6 failed: {}", String::from_utf8_lossy(&o.stderr));
+                let err = String::from_utf8_lossy(&o.stderr);
+                if let Some(kb) =
+                    err.lines().find_map(|l| l.strip_prefix("peak_rss_kb ")).and_then(|v| v.trim().parse::<f64>().ok())
+                {
+                    rss.push(kb / 1024.0);
+                }
+            }
+            out.push(Measure { workload: "W6", metric: "seconds", value: median(secs), unit: "s", n: total });
+            out.push(Measure { workload: "W6", metric: "peak_rss_mb", value: median(rss), unit: "MB", n: total });
+        }
         if selected("W3") {
             let opts =
                 hwledger_engine::verify::VerifyOptions { head: None, verifier: Some(signer().verifier()), since: None };
@@ -418,13 +468,13 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
             out.push(Measure { workload: "W3", metric: "mb_per_s", value: median(mbs), unit: "MB/s", n: total });
         }
     }
-    eprintln!("{:<5} {:<16} {:>14} {:<12} {:>9}", "load", "metric", "value", "unit", "n");
+    eprintln!("{:<5} {:<24} {:>14} {:<12} {:>9}", "load", "metric", "value", "unit", "n");
     for m in &out {
         println!(
             "{}",
             serde_json::json!({"workload": m.workload, "metric": m.metric, "value": (m.value * 10.0).round() / 10.0, "unit": m.unit, "n": m.n})
         );
-        eprintln!("{:<5} {:<16} {:>14.1} {:<12} {:>9}", m.workload, m.metric, m.value, m.unit, m.n);
+        eprintln!("{:<5} {:<24} {:>14.1} {:<12} {:>9}", m.workload, m.metric, m.value, m.unit, m.n);
     }
     Ok(ExitCode::SUCCESS)
 }
