@@ -207,3 +207,28 @@ fn serve_first_run_prints_a_working_curl_command_and_reuses_everything() {
     }
     assert_eq!(fingerprints[0], fingerprints[1], "second run reuses the CA and the operator bundle");
 }
+
+#[test]
+fn replay_as_of_a_past_seq_and_rebuild_give_consistent_digests() {
+    let dir = seeded();
+    let data = dir.path().join("data");
+    let o = hw(&data, &["--json", "replay", "--until", "1", "--projection", "registry"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["seq"], 1);
+    let devices = v["projections"]["registry"].as_array().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["gpus"].as_array().unwrap().len(), 0, "as of seq 1 the GPUs were not registered yet");
+    let o = hw(&data, &["--json", "replay", "--until", "4"]);
+    let head: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let o = hw(&data, &["--json", "replay", "--rebuild"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rebuilt: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(rebuilt["seq"], 4);
+    assert_eq!(head["digests"], rebuilt["digests"], "as-of at the head equals a rebuild");
+    let o = hw(&data, &["replay", "--until", "4", "--projection", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = hw(&data, &["--json", "devices"]);
+    let devices: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(devices[0]["device_id"], "box-1");
+}
