@@ -232,3 +232,60 @@ fn replay_as_of_a_past_seq_and_rebuild_give_consistent_digests() {
     let devices: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(devices[0]["device_id"], "box-1");
 }
+
+#[test]
+fn receipt_verifies_offline_against_a_later_signed_checkpoint() {
+    let dir = seeded();
+    let data = dir.path().join("data");
+    let one = dir.path().join("one.json");
+    std::fs::write(
+        &one,
+        r#"{"command_id":"c5","command":{"type":"record_telemetry","device_id":"box-1","sampled_at":5,"gpus":[]}}"#,
+    )
+    .unwrap();
+    let o = hw(&data, &["--json", "submit", one.to_str().unwrap()]);
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let receipt = dir.path().join("receipt.json");
+    std::fs::write(&receipt, line["result"].to_string()).unwrap();
+    // The log grows after the receipt; the checkpoint is newer.
+    std::fs::write(
+        &one,
+        r#"{"command_id":"c6","command":{"type":"record_telemetry","device_id":"box-1","sampled_at":6,"gpus":[]}}"#,
+    )
+    .unwrap();
+    assert!(hw(&data, &["submit", one.to_str().unwrap()]).status.success());
+    let cp = dir.path().join("cp.note");
+    let o = hw(&data, &["checkpoint", "--sign"]);
+    std::fs::write(&cp, &o.stdout).unwrap();
+    let proof = dir.path().join("proof.json");
+    let o = hw(&data, &["proof", "inclusion", "--seq", "5"]);
+    std::fs::write(&proof, &o.stdout).unwrap();
+    let vkey = data.join("keys/log.vkey");
+    let args = |p: &Path| {
+        vec![
+            "receipt".to_owned(),
+            "verify".into(),
+            "--receipt".into(),
+            receipt.to_str().unwrap().into(),
+            "--proof".into(),
+            p.to_str().unwrap().into(),
+            "--checkpoint".into(),
+            cp.to_str().unwrap().into(),
+            "--vkey".into(),
+            vkey.to_str().unwrap().into(),
+        ]
+    };
+    let a = args(&proof);
+    let o = hw(&data, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("VERIFIED: event 5 is in the log of 6 events"));
+    // A proof whose sibling hash was altered is refused.
+    let mut p: serde_json::Value = serde_json::from_slice(&std::fs::read(&proof).unwrap()).unwrap();
+    p["proof"][0] = serde_json::Value::String("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into());
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, p.to_string()).unwrap();
+    let a = args(&bad);
+    let o = hw(&data, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("NOT VERIFIED"));
+}

@@ -526,11 +526,18 @@ pub fn proof(config: &Config, _global: &Global, args: ProofArgs) -> anyhow::Resu
             let size = size.unwrap_or(default_size);
             let proof = ledger.inclusion_proof(seq, size)?;
             let mut body = Vec::new();
-            hwledger_engine::replay::for_each_raw(ledger.store(), seq, seq, |_, b, _| {
-                body = b.to_vec();
+            let mut prev = hwledger_engine::chain::GENESIS;
+            hwledger_engine::replay::for_each_raw(ledger.store(), seq.saturating_sub(1).max(1), seq, |s, b, h| {
+                if s == seq {
+                    body = b.to_vec();
+                } else {
+                    prev = *h;
+                }
                 Ok(())
             })?;
             serde_json::json!({
+                "body": base64::engine::general_purpose::STANDARD.encode(&body),
+                "prev_hash": to_hex(&prev),
                 "seq": seq, "leaf_index": seq - 1, "tree_size": size,
                 "leaf_hash": b64(&hwledger_engine::merkle::leaf_hash(&body)),
                 "root": b64(&ledger.root(size)?),
@@ -549,4 +556,104 @@ pub fn proof(config: &Config, _global: &Global, args: ProofArgs) -> anyhow::Resu
     };
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiptArgs {
+    #[command(subcommand)]
+    pub action: ReceiptAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptAction {
+    /// Check offline that a receipt's event is in a signed checkpoint: the proof's body hashes to the receipt's
+    /// chain hash, its leaf is included in the checkpoint's tree, and the checkpoint is signed by the pinned key.
+    Verify {
+        /// The receipt (JSON, as `submit --json` or the HTTP API return it; a `receipt` field is accepted too).
+        #[arg(long)]
+        receipt: PathBuf,
+        /// The inclusion proof (JSON, as `proof inclusion` prints it).
+        #[arg(long)]
+        proof: PathBuf,
+        /// The signed checkpoint (note text).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The pinned verifier key (string or file).
+        #[arg(long)]
+        vkey: String,
+    },
+}
+
+/// The checks of `receipt verify`, in order; the first failure is reported.
+pub fn verify_receipt(
+    receipt: &serde_json::Value,
+    proof: &serde_json::Value,
+    note: &str,
+    vkey: &Verifier,
+) -> anyhow::Result<(u64, u64)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let receipt = receipt.get("receipt").or_else(|| receipt.get("result")).unwrap_or(receipt);
+    let r: hwledger_engine::Receipt = serde_json::from_value(receipt.clone()).context("parse receipt")?;
+    let cp = hwledger_engine::checkpoint::open_checkpoint(note, vkey).context("checkpoint signature")?;
+    let field = |k: &str| proof.get(k).with_context(|| format!("proof has no {k:?}"));
+    let seq = field("seq")?.as_u64().context("proof seq")?;
+    let size = field("tree_size")?.as_u64().context("proof tree_size")?;
+    anyhow::ensure!(seq == r.seq, "the proof is for event {seq}, the receipt for event {}", r.seq);
+    anyhow::ensure!(size == cp.size, "the proof is against a tree of {size} events, the checkpoint has {}", cp.size);
+    let body = b64.decode(field("body")?.as_str().context("proof body")?).context("proof body base64")?;
+    let prev = from_hex(field("prev_hash")?.as_str().context("prev_hash")?).context("prev_hash hex")?;
+    let chained = hwledger_engine::chain::chain_hash(&prev, &body);
+    anyhow::ensure!(chained == r.hash, "the proof's event body does not hash to the receipt's chain hash");
+    let record = hwledger_engine::codec::decode_record(&body).context("decode event body")?;
+    anyhow::ensure!(
+        record.seq == r.seq && record.command_id == r.command_id,
+        "the event body is not the receipt's event"
+    );
+    let path: Vec<[u8; 32]> = field("proof")?
+        .as_array()
+        .context("proof hashes")?
+        .iter()
+        .map(|h| {
+            let bytes = b64.decode(h.as_str().unwrap_or_default()).ok()?;
+            <[u8; 32]>::try_from(bytes.as_slice()).ok()
+        })
+        .collect::<Option<_>>()
+        .context("proof hashes must be base64 of 32 bytes")?;
+    hwledger_engine::merkle::verify_inclusion(
+        &hwledger_engine::merkle::leaf_hash(&body),
+        r.leaf_index,
+        cp.size,
+        &path,
+        &cp.root,
+    )
+    .map_err(|e| anyhow::anyhow!("inclusion proof does not verify against the signed root: {e}"))?;
+    Ok((r.seq, cp.size))
+}
+
+pub fn receipt(global: &Global, args: ReceiptArgs) -> anyhow::Result<ExitCode> {
+    let ReceiptAction::Verify { receipt, proof, checkpoint, vkey } = args.action;
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+    let receipt: serde_json::Value = serde_json::from_str(read(&receipt)?.trim()).context("receipt JSON")?;
+    let proof: serde_json::Value = serde_json::from_str(&read(&proof)?).context("proof JSON")?;
+    let note = read(&checkpoint)?;
+    let vkey = read_vkey(&vkey)?;
+    match verify_receipt(&receipt, &proof, &note, &vkey) {
+        Ok((seq, size)) => {
+            if global.json {
+                print_json(&serde_json::json!({"verified": true, "seq": seq, "tree_size": size}))?;
+            } else {
+                println!("VERIFIED: event {seq} is in the log of {size} events signed by {}", vkey.name());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if global.json {
+                print_json(&serde_json::json!({"verified": false, "error": format!("{e:#}")}))?;
+            } else {
+                println!("NOT VERIFIED: {e:#}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
 }

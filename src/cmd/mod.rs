@@ -60,6 +60,8 @@ pub enum Command {
     Checkpoint(ledger_tools::CheckpointArgs),
     /// Inclusion and consistency proofs.
     Proof(ledger_tools::ProofArgs),
+    /// Receipts: `receipt verify` checks offline that a receipt's event is in a signed checkpoint.
+    Receipt(ledger_tools::ReceiptArgs),
     /// Run the standard benchmark workloads.
     Bench(bench::BenchArgs),
     /// List devices (registry projection).
@@ -92,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint(a) => ledger_tools::checkpoint(&config, &cli.global, a),
         Command::Proof(a) => ledger_tools::proof(&config, &cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::Receipt(a) => ledger_tools::receipt(&cli.global, a),
         Command::Devices(a) => reads::run(&config, &cli.global, reads::Read::Devices, a),
         Command::Device(a) => reads::run(&config, &cli.global, reads::Read::Device, a),
         Command::Telemetry(a) => reads::run(&config, &cli.global, reads::Read::Telemetry, a),
