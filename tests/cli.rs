@@ -289,3 +289,25 @@ fn receipt_verifies_offline_against_a_later_signed_checkpoint() {
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(stdout(&o).contains("NOT VERIFIED"));
 }
+
+#[test]
+fn ca_init_is_idempotent_and_enroll_pins_a_private_bundle() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let a = hw(&data, &["--json", "ca", "init"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = hw(&data, &["--json", "ca", "init"]);
+    assert_eq!(stdout(&a), stdout(&b), "a second init changes nothing");
+    let status: serde_json::Value = serde_json::from_str(stdout(&a).trim()).unwrap();
+    assert!(status["rotation_due_at"].is_string(), "{status}");
+    let out = dir.path().join("bundle");
+    let o = hw(&data, &["--json", "enroll", "auditor", "alice", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let key = v["key"].as_str().unwrap();
+    assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    let o = hw(&data, &["--json", "log", "--type", "certificate_issued"]);
+    assert!(stdout(&o).contains(v["fingerprint"].as_str().unwrap()), "the certificate is pinned by an event");
+}

@@ -4,6 +4,7 @@ mod bench;
 mod config;
 mod ledger_tools;
 mod parse;
+mod pki;
 mod reads;
 mod serve;
 
@@ -60,6 +61,10 @@ pub enum Command {
     Checkpoint(ledger_tools::CheckpointArgs),
     /// Inclusion and consistency proofs.
     Proof(ledger_tools::ProofArgs),
+    /// The fleet CA: init, status, rotate.
+    Ca(pki::CaArgs),
+    /// Issue and pin a certificate bundle: `enroll operator|auditor|agent NAME --out DIR`.
+    Enroll(pki::EnrollArgs),
     /// Receipts: `receipt verify` checks offline that a receipt's event is in a signed checkpoint.
     Receipt(ledger_tools::ReceiptArgs),
     /// Run the standard benchmark workloads.
@@ -94,6 +99,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint(a) => ledger_tools::checkpoint(&config, &cli.global, a),
         Command::Proof(a) => ledger_tools::proof(&config, &cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::Ca(a) => pki::ca(&config, &cli.global, a),
+        Command::Enroll(a) => pki::enroll(&config, &cli.global, a),
         Command::Receipt(a) => ledger_tools::receipt(&cli.global, a),
         Command::Devices(a) => reads::run(&config, &cli.global, reads::Read::Devices, a),
         Command::Device(a) => reads::run(&config, &cli.global, reads::Read::Device, a),
