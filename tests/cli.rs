@@ -311,3 +311,72 @@ fn ca_init_is_idempotent_and_enroll_pins_a_private_bundle() {
     let o = hw(&data, &["--json", "log", "--type", "certificate_issued"]);
     assert!(stdout(&o).contains(v["fingerprint"].as_str().unwrap()), "the certificate is pinned by an event");
 }
+
+#[test]
+fn proofs_verify_offline_with_hwledger_verify_and_a_fork_is_refused() {
+    let dir = seeded();
+    let data = dir.path().join("data");
+    let vkey = data.join("keys/log.vkey");
+    let old = dir.path().join("old.note");
+    std::fs::write(&old, hw(&data, &["checkpoint", "--sign"]).stdout).unwrap();
+    let one = dir.path().join("one.json");
+    std::fs::write(
+        &one,
+        r#"{"command_id":"c7","command":{"type":"record_telemetry","device_id":"box-1","sampled_at":7,"gpus":[]}}"#,
+    )
+    .unwrap();
+    assert!(hw(&data, &["submit", one.to_str().unwrap()]).status.success());
+    let new = dir.path().join("new.note");
+    std::fs::write(&new, hw(&data, &["checkpoint", "--sign"]).stdout).unwrap();
+    let cons = dir.path().join("cons.json");
+    std::fs::write(&cons, hw(&data, &["proof", "consistency", "--from", "4"]).stdout).unwrap();
+    let incl = dir.path().join("incl.json");
+    std::fs::write(&incl, hw(&data, &["proof", "inclusion", "--seq", "2"]).stdout).unwrap();
+    let (v, o, n, c, i) = (
+        vkey.to_str().unwrap(),
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+        cons.to_str().unwrap(),
+        incl.to_str().unwrap(),
+    );
+    let r = hw(&data, &["verify", "--proof", c, "--checkpoint", n, "--since", o, "--vkey", v]);
+    assert_eq!(r.status.code(), Some(0), "{}", stdout(&r));
+    let r = hw(&data, &["verify", "--proof", i, "--checkpoint", n, "--vkey", v]);
+    assert_eq!(r.status.code(), Some(0), "{}", stdout(&r));
+    // A fork: another ledger signed by the same key with a different history of the same size.
+    let fork_data = dir.path().join("fork");
+    std::fs::create_dir_all(fork_data.join("keys")).unwrap();
+    for f in ["log.key", "log.vkey"] {
+        std::fs::copy(data.join("keys").join(f), fork_data.join("keys").join(f)).unwrap();
+    }
+    let cmds = dir.path().join("cmds.jsonl");
+    let forked = std::fs::read_to_string(&cmds).unwrap().replace("\"sampled_at\":2", "\"sampled_at\":99");
+    std::fs::write(&cmds, forked).unwrap();
+    assert!(hw(&fork_data, &["submit", cmds.to_str().unwrap()]).status.success());
+    assert!(hw(&fork_data, &["submit", one.to_str().unwrap()]).status.success());
+    let fork_new = dir.path().join("fork.note");
+    std::fs::write(&fork_new, hw(&fork_data, &["checkpoint", "--sign"]).stdout).unwrap();
+    let fork_cons = dir.path().join("fork-cons.json");
+    std::fs::write(&fork_cons, hw(&fork_data, &["proof", "consistency", "--from", "4"]).stdout).unwrap();
+    let r = hw(
+        &data,
+        &[
+            "verify",
+            "--proof",
+            fork_cons.to_str().unwrap(),
+            "--checkpoint",
+            fork_new.to_str().unwrap(),
+            "--since",
+            o,
+            "--vkey",
+            v,
+        ],
+    );
+    assert_eq!(r.status.code(), Some(1), "a forked history does not extend the old checkpoint: {}", stdout(&r));
+    // The fork's bundle checked against the old checkpoint is caught too.
+    let bundle = dir.path().join("fork.hwlx");
+    assert!(hw(&fork_data, &["export", "--out", bundle.to_str().unwrap()]).status.success());
+    let r = hw(&data, &["--json", "verify", "--bundle", bundle.to_str().unwrap(), "--vkey", v, "--since", o]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stdout(&r).contains("\"inconsistent\""), "{}", stdout(&r));
+}

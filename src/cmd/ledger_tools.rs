@@ -190,6 +190,72 @@ pub struct VerifyArgs {
     /// Report every break (default: all are reported; kept for compatibility with scripts).
     #[arg(long)]
     pub all: bool,
+    /// Verify a proof file (from `hwledger proof …`) offline instead: an inclusion proof against
+    /// `--checkpoint`, or a consistency proof between `--since` (older) and `--checkpoint` (newer).
+    #[arg(long, requires_all = ["checkpoint", "vkey"])]
+    pub proof: Option<PathBuf>,
+    /// The signed checkpoint a proof is checked against (with `--proof`).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// `verify --proof`: checks a proof file offline against signed checkpoints.
+fn verify_proof(global: &Global, args: &VerifyArgs, vkey: &Verifier) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+    let (Some(proof_path), Some(cp_path)) = (&args.proof, &args.checkpoint) else {
+        bail!("--proof needs --checkpoint and --vkey");
+    };
+    let proof: serde_json::Value = serde_json::from_str(&read(proof_path)?).context("proof JSON")?;
+    let hashes = |v: &serde_json::Value| -> anyhow::Result<Vec<[u8; 32]>> {
+        v.as_array()
+            .context("proof must be an array")?
+            .iter()
+            .map(|h| {
+                let bytes = b64.decode(h.as_str().unwrap_or_default()).context("proof hash base64")?;
+                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| anyhow::anyhow!("proof hash is not 32 bytes"))
+            })
+            .collect()
+    };
+    let outcome: Result<String, String> = (|| -> anyhow::Result<Result<String, String>> {
+        let new = match hwledger_engine::checkpoint::open_checkpoint(&read(cp_path)?, vkey) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(format!("checkpoint does not verify: {e}"))),
+        };
+        let path = hashes(proof.get("proof").context("no proof hashes")?)?;
+        if let Some(size1) = proof.get("size1").and_then(|v| v.as_u64()) {
+            let since = args.since.as_ref().context("a consistency proof needs --since OLD_CHECKPOINT")?;
+            let old = match hwledger_engine::checkpoint::open_checkpoint(&read(since)?, vkey) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(format!("older checkpoint does not verify: {e}"))),
+            };
+            if old.size != size1 || proof.get("size2").and_then(|v| v.as_u64()) != Some(new.size) {
+                return Ok(Err("the proof's sizes are not the checkpoints' sizes".into()));
+            }
+            Ok(hwledger_engine::verify::check_consistency(&old, &new, &path)
+                .map(|()| format!("the log of {} events extends the log of {} events", new.size, old.size))
+                .map_err(|e| format!("consistency proof does not verify: {e}")))
+        } else {
+            let seq = proof.get("seq").and_then(|v| v.as_u64()).context("proof has no seq or size1")?;
+            if proof.get("tree_size").and_then(|v| v.as_u64()) != Some(new.size) {
+                return Ok(Err(format!("the proof is not against the checkpoint's size {}", new.size)));
+            }
+            let body = b64.decode(proof.get("body").and_then(|v| v.as_str()).context("proof has no body")?)?;
+            let leaf = hwledger_engine::merkle::leaf_hash(&body);
+            Ok(hwledger_engine::merkle::verify_inclusion(&leaf, seq.saturating_sub(1), new.size, &path, &new.root)
+                .map(|()| format!("event {seq} is in the log of {} events", new.size))
+                .map_err(|e| format!("inclusion proof does not verify: {e}")))
+        }
+    })()?;
+    let ok = outcome.is_ok();
+    let text = outcome.unwrap_or_else(|e| e);
+    if global.json {
+        print_json(&serde_json::json!({"verified": ok, "detail": text}))?;
+    } else {
+        println!("{}: {text}", if ok { "VERIFIED" } else { "NOT VERIFIED" });
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn read_vkey(arg: &str) -> anyhow::Result<Verifier> {
@@ -218,6 +284,10 @@ pub fn verify(config: &Config, global: &Global, args: VerifyArgs) -> anyhow::Res
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?),
         None => None,
     };
+    if args.proof.is_some() {
+        let v = verifier.as_ref().context("--proof needs --vkey")?;
+        return verify_proof(global, &args, v);
+    }
     if since.is_some() && verifier.is_none() {
         bail!("--since needs --vkey to check the older checkpoint's signature");
     }
