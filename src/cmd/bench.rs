@@ -371,6 +371,16 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 unit: "events/s",
                 n: total,
             });
+            // Issue 3: the snapshots projection must grow with devices × retention, not with heartbeats.
+            let past = hwledger_projections::as_of(ledger.store(), hwledger_projections::AsOf::Seq(total))?;
+            let bytes = hwledger_projections::Projection::encode(&past.projections.snapshots).len();
+            out.push(Measure {
+                workload: "W2",
+                metric: "snapshots_state_bytes",
+                value: bytes as f64,
+                unit: "bytes",
+                n: total,
+            });
         }
         if selected("W7") {
             let size = total;
