@@ -29,6 +29,9 @@ pub const MAX_BLOCK_BYTES: usize = 64 * 1024;
 pub const BLOCK_FORMAT_V1: u8 = 1;
 
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// Upper bound of sled's page cache (its default is 1 GiB). The ledger's reads are sequential block scans
+/// and tile lookups, which need little cache; a small fleet's server should not hold a gigabyte for it.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const TREE: &str = "log";
 
 /// A storage failure. Fail-stop: the ledger refuses writes after one.
@@ -407,7 +410,7 @@ impl Store {
 fn open_with_lock_retry(dir: &Path) -> Result<sled::Db, StoreError> {
     let mut attempts = 0;
     loop {
-        match sled::Config::new().path(dir).segment_size(SEGMENT_SIZE).open() {
+        match sled::Config::new().path(dir).segment_size(SEGMENT_SIZE).cache_capacity(CACHE_BYTES).open() {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
                 attempts += 1;
