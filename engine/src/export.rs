@@ -213,12 +213,7 @@ fn read_text(r: &mut impl Read, what: &str) -> Result<Option<String>, ExportErro
 
 /// Verifies an export or bundle file offline.
 pub fn verify_export(path: &Path, opts: &VerifyOptions, mut progress: impl FnMut(u64)) -> Result<Report, VerifyError> {
-    // First pass reads the trailer's checkpoint size so the root at that size is computed on the way.
-    let sizes = match read_trailer_sizes(path, opts) {
-        Ok(s) => s,
-        Err(e) => return Ok(framing_report(path, e)),
-    };
-    let mut v = ChainVerifier::new(&path.display().to_string(), sizes, opts.head.map(|h| h.0));
+    let mut v = ChainVerifier::new(&path.display().to_string(), opts.head.map(|h| h.0));
     let result = read_export(path, |i, body, hash| {
         v.event(body, hash);
         if i % 65536 == 0 {
@@ -234,22 +229,6 @@ pub fn verify_export(path: &Path, opts: &VerifyOptions, mut progress: impl FnMut
             Ok(v.finish(opts, None))
         }
     }
-}
-
-fn framing_report(path: &Path, e: ExportError) -> Report {
-    let mut v = ChainVerifier::new(&path.display().to_string(), vec![], None);
-    v.framing(0, e.to_string());
-    v.finish(&VerifyOptions::default(), None)
-}
-
-fn read_trailer_sizes(path: &Path, opts: &VerifyOptions) -> Result<Vec<u64>, ExportError> {
-    let mut sizes = Vec::new();
-    // Reading the whole file twice is cheap next to hashing it; it keeps the reader simple and streaming.
-    if let Ok((_, trailer)) = read_export(path, |_, _, _| {}) {
-        sizes.extend(trailer.checkpoint.as_deref().and_then(checkpoint_size));
-    }
-    sizes.extend(opts.since.as_deref().and_then(checkpoint_size));
-    Ok(sizes)
 }
 
 /// Imports an export into an empty data directory, writing blocks, Merkle tiles, idempotency entries and the

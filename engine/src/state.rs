@@ -43,8 +43,9 @@ impl DeviceState {
     }
 }
 
-/// A job's lifecycle; it only moves forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A job's lifecycle; it only moves forward. Also the job status of the cost read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Sent to a device.
     Dispatched,
@@ -57,6 +58,11 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Dispatched or started.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobStatus::Dispatched | JobStatus::Started)
+    }
+
     /// Snake-case name for messages.
     pub fn as_str(self) -> &'static str {
         match self {

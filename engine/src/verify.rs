@@ -125,9 +125,8 @@ pub struct ChainVerifier {
     pending_missing: std::collections::BTreeMap<u64, u64>,
     builder: TileBuilder,
     tiles_done: Vec<CompletedTile>,
-    /// Full tiles as rebuilt, kept only as the top hashes needed for roots at checkpoint sizes.
-    checkpoint_sizes: Vec<u64>,
-    roots_at: Vec<(u64, Hash)>,
+    /// Full tiles as rebuilt. With the builder's partial tiles they hold every complete subtree of the
+    /// tree, so the root at any earlier size (a checkpoint's) is computed after the walk.
     rebuilt_tiles: std::collections::HashMap<(u8, u64), Vec<u8>>,
     /// The recorded head's seq, and the stored hash found there.
     want_head: Option<u64>,
@@ -161,8 +160,8 @@ impl NodeSource for RebuiltNodes<'_> {
 }
 
 impl ChainVerifier {
-    /// A verifier for `source`; `checkpoint_sizes` are tree sizes whose roots must be computed on the way.
-    pub fn new(source: &str, checkpoint_sizes: Vec<u64>, want_head: Option<u64>) -> ChainVerifier {
+    /// A verifier for `source`; `want_head` is the seq of a recorded head to compare with.
+    pub fn new(source: &str, want_head: Option<u64>) -> ChainVerifier {
         ChainVerifier {
             report: Report { source: source.to_owned(), ..Report::default() },
             expected: 1,
@@ -170,8 +169,6 @@ impl ChainVerifier {
             pending_missing: Default::default(),
             builder: TileBuilder::new(),
             tiles_done: Vec::new(),
-            checkpoint_sizes,
-            roots_at: Vec::new(),
             rebuilt_tiles: Default::default(),
             want_head,
             head_found: None,
@@ -248,13 +245,6 @@ impl ChainVerifier {
         for t in self.tiles_done.drain(..) {
             self.rebuilt_tiles.insert((t.level, t.index), t.bytes);
         }
-        if self.checkpoint_sizes.contains(&self.builder.size) {
-            let size = self.builder.size;
-            let nodes = RebuiltNodes { builder: &self.builder, tiles: &self.rebuilt_tiles };
-            if let Ok(root) = crate::merkle::root(&nodes, size) {
-                self.roots_at.push((size, root));
-            }
-        }
     }
 
     /// Removes `seq` from the missing ranges; true if it was there.
@@ -302,8 +292,13 @@ impl ChainVerifier {
 
     /// The Merkle root of everything fed so far.
     pub fn root(&self) -> Hash {
+        self.root_at(self.builder.size).unwrap_or(GENESIS)
+    }
+
+    /// The Merkle root of the first `size` events fed (`size` ≤ events fed).
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
         let nodes = RebuiltNodes { builder: &self.builder, tiles: &self.rebuilt_tiles };
-        crate::merkle::root(&nodes, self.builder.size).unwrap_or(GENESIS)
+        crate::merkle::root(&nodes, size).ok()
     }
 
     /// Ends the walk: missing events, head, checkpoints.
@@ -344,11 +339,15 @@ impl ChainVerifier {
                 }
             }
         }
-        let roots = std::mem::take(&mut self.roots_at);
         let tree_size = self.builder.size;
-        let root_at = |size: u64| -> Option<Hash> {
-            if size == tree_size { Some(root) } else { roots.iter().find(|(s, _)| *s == size).map(|(_, r)| *r) }
-        };
+        let roots: Vec<(u64, Hash)> = [checkpoint, opts.since.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(checkpoint_size)
+            .filter(|&size| size <= tree_size)
+            .filter_map(|size| self.root_at(size).map(|r| (size, r)))
+            .collect();
+        let root_at = |size: u64| -> Option<Hash> { roots.iter().find(|(s, _)| *s == size).map(|(_, r)| *r) };
         let mut latest: Option<Checkpoint> = None;
         if let Some(note) = checkpoint {
             match &opts.verifier {
@@ -461,11 +460,7 @@ pub fn verify_dir(
 ) -> Result<Report, VerifyError> {
     let store = crate::store::Store::open(dir)?;
     let checkpoint = store.checkpoint_at_or_before(u64::MAX)?;
-    let mut sizes: Vec<u64> = checkpoint.iter().map(|c| c.0).collect();
-    if let Some(size) = opts.since.as_deref().and_then(checkpoint_size) {
-        sizes.push(size);
-    }
-    let mut v = ChainVerifier::new(&dir.display().to_string(), sizes, opts.head.map(|h| h.0));
+    let mut v = ChainVerifier::new(&dir.display().to_string(), opts.head.map(|h| h.0));
     // Events are checked by their own seqs, so a missing or moved block shows up as missing/reordered events.
     for block in store.blocks_from(0) {
         let (first_seq, bytes) = block?;

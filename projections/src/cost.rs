@@ -38,26 +38,8 @@ const MS_PER_DAY: i64 = 86_400_000;
 /// The price source recorded when a job is priced from its device's rate rather than a quote.
 pub const DEVICE_RATE_SOURCE: &str = "device_rate";
 
-/// A job's lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Sent to its device.
-    Dispatched,
-    /// Running.
-    Started,
-    /// Ended successfully.
-    Completed,
-    /// Ended in failure.
-    Failed,
-}
-
-impl JobStatus {
-    /// Dispatched or started.
-    pub fn is_active(self) -> bool {
-        matches!(self, JobStatus::Dispatched | JobStatus::Started)
-    }
-}
+/// A job's lifecycle (the engine's own type: the same states, the same rules).
+pub use hwledger_engine::state::JobStatus;
 
 /// The hourly price a job is charged at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
