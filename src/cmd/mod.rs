@@ -89,7 +89,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.global)?;
     match cli.command {
-        Command::Serve(a) => serve::run(&config, a),
+        Command::Serve(a) => serve::run(&config, &cli.global, a),
         Command::Submit(a) => ledger_tools::submit(&config, &cli.global, a),
         Command::Log(a) => ledger_tools::log(&config, &cli.global, a),
         Command::Verify(a) => ledger_tools::verify(&config, &cli.global, a),

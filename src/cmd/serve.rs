@@ -3,6 +3,10 @@
 //! First run on an empty data directory: creates the fleet CA and a server certificate for localhost
 //! (`<data>/pki`), an operator bundle (`<data>/operator`, pinned in the ledger) and the log key, then prints
 //! the curl command that lists devices. Later runs reuse all of it.
+//!
+//! With `--json`, once every listener is bound, one JSON line on stdout says where (the ports matter with
+//! `--listen 127.0.0.1:0`) and which operator bundle to use — for scripts and the end-to-end tests:
+//! `{"api":"127.0.0.1:8443","dashboard":"127.0.0.1:8080","enroll":null,"data":"…","operator":{"ca":"…","cert":"…","key":"…"}}`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -15,8 +19,8 @@ use hwledger_projections::{Projector, ProjectorOptions};
 use hwledger_wire::pki::{Pki, PkiOptions};
 use hwledger_wire::server::{ServerConfig, ensure_bootstrap_operator};
 
-use super::Config;
 use super::reads::ProjectorReads;
+use super::{Config, Global};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -31,7 +35,7 @@ pub struct ServeArgs {
     pub enroll_listen: Option<SocketAddr>,
 }
 
-pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listen: SocketAddr = match args.listen {
         Some(a) => a,
         None => config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?,
@@ -71,12 +75,21 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             hwledger_wire::server::Server::bind(server_config, ledger.clone(), pki.clone(), Some(reads)).await?;
         let addrs = server.local_addrs();
         let key = op.paths.key.as_ref().map(|k| k.display().to_string()).unwrap_or_default();
+        let enroll = addrs.enroll.map(|a| format!(", enrollment {a} (bootstrap tokens)")).unwrap_or_default();
         eprintln!(
-            "hwledger: serving {} (mTLS), dashboard http://{}/dashboard, data {}",
+            "hwledger: serving {} (mTLS){enroll}, dashboard http://{}/dashboard, data {}",
             addrs.api,
             addrs.dashboard,
             config.data_dir.display()
         );
+        if global.json {
+            let ready = serde_json::json!({
+                "api": addrs.api, "dashboard": addrs.dashboard, "enroll": addrs.enroll,
+                "data": config.data_dir,
+                "operator": {"ca": op.paths.ca, "cert": op.paths.cert, "key": op.paths.key},
+            });
+            println!("{ready}");
+        }
         eprintln!(
             "list devices:\n  curl --cert {} --key {key} --cacert {} https://localhost:{}/v1/devices",
             op.paths.cert.display(),
