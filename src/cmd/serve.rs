@@ -3,10 +3,6 @@
 //! First run on an empty data directory: creates the fleet CA and a server certificate for localhost
 //! (`<data>/pki`), an operator bundle (`<data>/operator`, pinned in the ledger) and the log key, then prints
 //! the curl command that lists devices. Later runs reuse all of it.
-//!
-//! With `--json`, once every listener is bound, one JSON line on stdout says where (the ports matter with
-//! `--listen 127.0.0.1:0`) and which operator bundle to use — for scripts and the end-to-end tests:
-//! `{"api":"127.0.0.1:8443","dashboard":"127.0.0.1:8080","enroll":null,"data":"…","operator":{"ca":"…","cert":"…","key":"…"}}`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -71,25 +67,32 @@ pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<
     let reads: Arc<dyn hwledger_wire::server::ReadModels> = Arc::new(ProjectorReads { projector: projector.clone() });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
     let result = rt.block_on(async {
-        let server =
-            hwledger_wire::server::Server::bind(server_config, ledger.clone(), pki.clone(), Some(reads)).await?;
+        let server = hwledger_wire::server::Server::bind(server_config, ledger.clone(), pki.clone(), Some(reads))
+            .await
+            .context("start the server")?;
         let addrs = server.local_addrs();
         let key = op.paths.key.as_ref().map(|k| k.display().to_string()).unwrap_or_default();
-        let enroll = addrs.enroll.map(|a| format!(", enrollment {a} (bootstrap tokens)")).unwrap_or_default();
+        if global.json {
+            // One line on stdout when every listener is bound: how scripts and tests learn the ports.
+            let ready = serde_json::json!({
+                "event": "listening",
+                "api": addrs.api.to_string(),
+                "dashboard": addrs.dashboard.to_string(),
+                "enroll": addrs.enroll.map(|a| a.to_string()),
+                "data_dir": config.data_dir,
+                "operator_bundle": operator_dir,
+                "ca": op.paths.ca,
+            });
+            println!("{ready}");
+            use std::io::Write as _;
+            std::io::stdout().flush().context("write the startup line")?;
+        }
         eprintln!(
-            "hwledger: serving {} (mTLS){enroll}, dashboard http://{}/dashboard, data {}",
+            "hwledger: serving {} (mTLS), dashboard http://{}/dashboard, data {}",
             addrs.api,
             addrs.dashboard,
             config.data_dir.display()
         );
-        if global.json {
-            let ready = serde_json::json!({
-                "api": addrs.api, "dashboard": addrs.dashboard, "enroll": addrs.enroll,
-                "data": config.data_dir,
-                "operator": {"ca": op.paths.ca, "cert": op.paths.cert, "key": op.paths.key},
-            });
-            println!("{ready}");
-        }
         eprintln!(
             "list devices:\n  curl --cert {} --key {key} --cacert {} https://localhost:{}/v1/devices",
             op.paths.cert.display(),
@@ -101,11 +104,13 @@ pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await
+            .context("serve")?;
+        Ok::<(), anyhow::Error>(())
     });
     stop.store(true, Ordering::SeqCst);
     let _ = follower.join();
     ledger.close().context("close ledger")?;
-    result.context("serve")?;
+    result?;
     eprintln!("hwledger: stopped cleanly at seq {}", ledger.head().seq);
     Ok(ExitCode::SUCCESS)
 }

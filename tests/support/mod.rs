@@ -259,10 +259,11 @@ impl Server {
         server.dashboard = addr(&ready["dashboard"]).unwrap_or_else(|| panic!("no dashboard address in {ready}"));
         server.enroll = addr(&ready["enroll"]);
         assert_eq!(server.enroll.is_some(), enroll, "enrollment listener in {ready}");
-        let path = |k: &str| {
-            PathBuf::from(ready["operator"][k].as_str().unwrap_or_else(|| panic!("no operator {k} in {ready}")))
-        };
-        server.operator = Bundle { ca: path("ca"), cert: path("cert"), key: path("key") };
+        assert_eq!(ready["event"], "listening", "startup line {ready}");
+        // The bootstrap operator `admin`'s bundle, as `serve` writes it on first start.
+        let dir = PathBuf::from(ready["operator_bundle"].as_str().unwrap_or_else(|| panic!("no bundle in {ready}")));
+        let ca = PathBuf::from(ready["ca"].as_str().unwrap_or_else(|| panic!("no ca in {ready}")));
+        server.operator = Bundle { ca, cert: dir.join("operator-admin.crt"), key: dir.join("operator-admin.key") };
         server
     }
 
