@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use support::{Server, curl, hw_ok, now_ms, run_with_deadline, submit_offline, tool};
+use support::{Server, curl, curl_post_json, hw_ok, now_ms, run_with_deadline, submit_offline, tool};
 
 /// The quoted hourly rate of the rental job, micro-USD ($10.00/h).
 const RATE: u64 = 10_000_000;
@@ -39,8 +39,8 @@ fn telemetry(id: &str, device: &str, at: i64, gpus: Vec<Value>) -> Value {
 /// job, a queued one, one failed before it started, and a priced rental job that is started (it is completed
 /// separately, after a pause, so that it lasts long enough to cost something visible).
 fn seed(t1: i64, t2: i64) -> Vec<Value> {
-    let h100 = 81_559;
-    vec![
+    let h100 = H100_MIB;
+    let mut commands = vec![
         sub("e1", json!({"type": "enroll_device", "device_id": "box-a", "kind": "local", "hostname": "box-a.lan"})),
         sub("e2", json!({"type": "enroll_device", "device_id": "box-b", "kind": {"ssh": {"target": "gpu@10.0.0.2"}}})),
         sub(
@@ -72,14 +72,9 @@ fn seed(t1: i64, t2: i64) -> Vec<Value> {
         telemetry("ta1", "box-a", t1, vec![reading(0, 50.0, 8_192, 24_564), reading(1, 50.0, 8_192, 24_564)]),
         telemetry("tb1", "box-b", t1, vec![reading(0, 100.0, 12_288, 24_576)]),
         telemetry("tr1", "rent-1", t1, (0..4).map(|i| reading(i, 25.0, 20_480, h100)).collect()),
-        telemetry("ta2", "box-a", t2, vec![reading(0, 70.0, 9_000, 24_564), reading(1, 90.0, 9_000, 24_564)]),
-        telemetry("tb2", "box-b", t2, vec![reading(0, 60.0, 4_000, 24_576)]),
-        telemetry(
-            "tr2",
-            "rent-1",
-            t2,
-            [10.0, 20.0, 30.0, 40.0].iter().zip(0..).map(|(u, i)| reading(i, *u, 1_000, h100)).collect(),
-        ),
+    ];
+    commands.extend(latest_samples("2", t2));
+    commands.extend([
         sub(
             "j1",
             json!({"type": "dispatch_job", "job_id": "j-run", "device_id": "box-a", "model": "llama-3-8b", "vram_mib": 8_000}),
@@ -101,7 +96,40 @@ fn seed(t1: i64, t2: i64) -> Vec<Value> {
             "quoted_at": t2}}),
         ),
         sub("j7", json!({"type": "start_job", "job_id": "j-done"})),
+    ]);
+    commands
+}
+
+/// VRAM of the rental's H100s, MiB.
+const H100_MIB: u64 = 81_559;
+
+/// The latest samples (at `t2`) of the three reporting devices; command ids end in `tag`. Sent again with
+/// the same `sampled_at` just before each render, they change no figure (a sample not newer than a device's
+/// last one adds no usage) but keep the devices active however slowly the machine runs the browser.
+fn latest_samples(tag: &str, t2: i64) -> Vec<Value> {
+    vec![
+        telemetry(
+            &format!("ta{tag}"),
+            "box-a",
+            t2,
+            vec![reading(0, 70.0, 9_000, 24_564), reading(1, 90.0, 9_000, 24_564)],
+        ),
+        telemetry(&format!("tb{tag}"), "box-b", t2, vec![reading(0, 60.0, 4_000, 24_576)]),
+        telemetry(
+            &format!("tr{tag}"),
+            "rent-1",
+            t2,
+            [10.0, 20.0, 30.0, 40.0].iter().zip(0..).map(|(u, i)| reading(i, *u, 1_000, H100_MIB)).collect(),
+        ),
     ]
+}
+
+/// Posts [`latest_samples`] through the server as the operator, with curl.
+fn refresh_heartbeats(server: &Server, tag: &str, t2: i64) {
+    for hb in latest_samples(tag, t2) {
+        let a = curl_post_json(Some(&server.operator), &server.operator.ca, &server.url("/v1/commands"), &hb);
+        assert_eq!((a.exit, a.status), (Some(0), 200), "operator heartbeat: {a:?}");
+    }
 }
 
 /// `recorded_at` of the `event_type` event that mentions `job`, read back with `hwledger --json log`.
@@ -230,6 +258,7 @@ fn dashboard_renders_in_headless_chromium() {
     let page_url = server.dashboard_url("/dashboard");
 
     // The same data as JSON.
+    refresh_heartbeats(&server, "-json", t2);
     let snap = curl(&[server.dashboard_url("/snapshot.json")]);
     assert_eq!((snap.exit, snap.status), (Some(0), 200), "{snap:?}");
     let s = snap.json().expect("snapshot is JSON");
@@ -253,6 +282,7 @@ fn dashboard_renders_in_headless_chromium() {
     }
 
     // The page as Chromium renders it.
+    refresh_heartbeats(&server, "-dom", t2);
     let dom = chromium(&tmp.path().join("profile-dom"), &page_url, "--dump-dom").stdout;
     assert!(dom.contains("<meta http-equiv=\"refresh\" content=\"5\">"), "no meta refresh in:\n{dom}");
     assert!(!dom.to_ascii_lowercase().contains("<script"), "the dashboard must not use JavaScript:\n{dom}");
@@ -301,6 +331,7 @@ fn dashboard_renders_in_headless_chromium() {
     // The screenshot: a real PNG of the requested size with a page's worth of content in it.
     let png: PathBuf =
         std::env::var_os("HWLEDGER_DASHBOARD_PNG").map_or_else(|| tmp.path().join("dashboard.png"), PathBuf::from);
+    refresh_heartbeats(&server, "-png", t2);
     chromium(&tmp.path().join("profile-png"), &page_url, &format!("--screenshot={}", png.display()));
     let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", png.display()));
     assert_eq!(png_size(&bytes), Some((1280, 1600)), "not a 1280×1600 PNG");
