@@ -79,17 +79,23 @@ fn accepted_case(t: &mut Table, case: &str, a: &CurlAnswer) {
 /// `certificate_expired` alert curl 7.88 says "SSL certificate verification failed", exit 60, as if the
 /// server's certificate were at fault), `openssl s_client` over TLS 1.3 (the alert number is checked), and
 /// the server's log (the exact reason).
-#[allow(clippy::too_many_arguments)]
-fn handshake_refused(
-    t: &mut Table,
-    server: &Server,
-    case: &str,
-    ca: &Path,
-    identity: Option<&Bundle>,
-    curl_tls12: (i32, &str),
-    alert_number: u8,
-    reason: &str,
-) {
+#[derive(Debug)]
+struct HandshakeCase<'a> {
+    /// The row's name.
+    case: &'a str,
+    /// The client certificate presented, if any.
+    identity: Option<&'a Bundle>,
+    /// curl's exit code and message over TLS 1.2.
+    curl_tls12: (i32, &'a str),
+    /// The TLS alert `openssl s_client` reports over TLS 1.3.
+    alert: u8,
+    /// What the server logs as the reason.
+    reason: &'a str,
+}
+
+/// Runs the four attempts of a [`HandshakeCase`] (trusting `ca`) and records them.
+fn handshake_refused(t: &mut Table, server: &Server, ca: &Path, c: HandshakeCase<'_>) {
+    let HandshakeCase { case, identity, curl_tls12, alert: alert_number, reason } = c;
     let before = server.log_count(reason);
     let mut base = match identity {
         Some(b) => b.curl_args(),
@@ -250,7 +256,13 @@ fn refusal_matrix_end_to_end() {
     let ca = op.ca.clone();
     let no_cert = "no client certificate";
     let required = (98, "alert certificate required");
-    handshake_refused(&mut t, &server, no_cert, &ca, None, required, 116, "peer sent no certificates");
+    let reason = "peer sent no certificates";
+    handshake_refused(
+        &mut t,
+        &server,
+        &ca,
+        HandshakeCase { case: no_cert, identity: None, curl_tls12: required, alert: 116, reason },
+    );
 
     // A certificate from another CA (made with openssl), naming a real device.
     let foreign = foreign_ca_bundle(root, &op.ca);
@@ -258,12 +270,14 @@ fn refusal_matrix_end_to_end() {
     handshake_refused(
         &mut t,
         &server,
-        "certificate from another CA",
         &ca,
-        Some(&foreign),
-        unknown_ca,
-        48,
-        "UnknownIssuer",
+        HandshakeCase {
+            case: "certificate from another CA",
+            identity: Some(&foreign),
+            curl_tls12: unknown_ca,
+            alert: 48,
+            reason: "UnknownIssuer",
+        },
     );
 
     // Fleet-CA certificates with chosen validity: from a copy of the PKI directory with a shifted clock.
@@ -283,23 +297,27 @@ fn refusal_matrix_end_to_end() {
     handshake_refused(
         &mut t,
         &server,
-        "expired fleet certificate",
         &ca,
-        Some(&expired),
-        expired_alert,
-        45,
-        "certificate expired",
+        HandshakeCase {
+            case: "expired fleet certificate",
+            identity: Some(&expired),
+            curl_tls12: expired_alert,
+            alert: 45,
+            reason: "certificate expired",
+        },
     );
     let not_yet_case = "not-yet-valid fleet certificate";
     handshake_refused(
         &mut t,
         &server,
-        not_yet_case,
         &ca,
-        Some(&not_yet),
-        expired_alert,
-        45,
-        "certificate not valid yet",
+        HandshakeCase {
+            case: not_yet_case,
+            identity: Some(&not_yet),
+            curl_tls12: expired_alert,
+            alert: 45,
+            reason: "certificate not valid yet",
+        },
     );
     let seq = head(&server);
     let u = curl_post_json(Some(&unpinned), &unpinned.ca, &commands, &heartbeat("unpinned-1", "gpu-1"));
@@ -390,7 +408,10 @@ fn refusal_matrix_end_to_end() {
         format!("{refused_cleanly} of 20{}", first_other.map(|o| format!("; other: {o}")).unwrap_or_default()),
         refused_cleanly == 20,
     );
-    let unchanged = head(&server) == seq_decommissioned && seq_revoked == seq + 2;
+    // Between the measurements only accepted commands append: one heartbeat and the revocation, then one
+    // heartbeat and the decommission; every refusal in between and after appended nothing.
+    let unchanged =
+        seq_revoked == seq + 2 && seq_decommissioned == seq_revoked + 2 && head(&server) == seq_decommissioned;
     t.record(
         "refusals append nothing",
         "curl",
