@@ -390,6 +390,8 @@ impl CurlAnswer {
                     lines().find(|l| l.starts_with("curl: (")).or_else(|| lines().next_back()).unwrap_or_default();
                 // `curl: (35) OpenSSL/3.0.19: error:0A000418:SSL routines::tlsv1 alert unknown ca` → the alert.
                 let why = last.rsplit_once("SSL routines::").map_or(last, |(_, alert)| alert);
+                // `curl: (55) getpeername() failed…` → the message (the code is shown already).
+                let why = why.strip_prefix("curl: (").and_then(|r| r.split_once(") ")).map_or(why, |(_, m)| m);
                 format!("curl exit {}: {why}", exit.map_or("killed".to_owned(), |e| e.to_string()))
             }
         }
