@@ -107,6 +107,7 @@ const STYLE: &str = "body{font-family:'DejaVu Sans',Verdana,sans-serif;margin:1.
 background:#fff;max-width:1200px}h1{font-size:1.6em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.4em 0 .4em;\
 border-bottom:2px solid #d8dee4;padding-bottom:.2em}.status{font-size:1.1em;padding:.6em .9em;border-radius:6px;\
 margin:.4em 0 1em}.ok{background:#e6f4ea;border:1px solid #7fbf8e}.warn{background:#fff4d6;border:1px solid #e0b341}\
+.bad{background:#fde2e1;border:1px solid #d1242f}\
 table{border-collapse:collapse;margin:.2em 0}th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:left}\
 th{background:#f3f5f7;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .tiles{display:flex;gap:1em;flex-wrap:wrap}.tile{border:1px solid #d0d7de;border-radius:6px;padding:.6em 1em;\
@@ -116,6 +117,12 @@ min-width:11em}.tile .v{font-size:1.7em;font-weight:600}.tile .l{color:#57606a;f
 fn html(app: &App) -> Result<warp::reply::Response, ApiError> {
     let data = snapshot(app)?;
     let generated = format_time_ms(super::unix_ms(app.clock.now()));
+    let page = page_html(&data, app.ledger.broken(), &generated);
+    Ok(warp::reply::Reply::into_response(warp::reply::html(page)))
+}
+
+/// The whole page for `data`, with a red banner first if the ledger refuses writes (`broken`).
+fn page_html(data: &serde_json::Value, broken: Option<&str>, generated: &str) -> String {
     let mut page = String::with_capacity(16 * 1024);
     let _ = write!(
         page,
@@ -124,19 +131,27 @@ fn html(app: &App) -> Result<warp::reply::Response, ApiError> {
          <title>hwledger fleet dashboard</title><style>{STYLE}</style></head><body>\n\
          <h1>hwledger fleet dashboard</h1>\n"
     );
-    if is_fleet_view(&data) {
-        render_fleet(&mut page, &data);
+    if let Some(why) = broken {
+        let _ = writeln!(
+            page,
+            "<p class=\"status bad\" id=\"broken\"><strong>The ledger refuses writes:</strong> {} \
+             (see <code>hwledger verify</code>)</p>",
+            escape(why)
+        );
+    }
+    if is_fleet_view(data) {
+        render_fleet(&mut page, data);
     } else {
         page.push_str("<h2>Ledger state</h2>\n");
-        render(&mut page, &data, 0);
+        render(&mut page, data, 0);
     }
     let _ = write!(
         page,
         "\n<p class=\"muted\">Generated {} &middot; refreshes every {REFRESH_SECONDS} s &middot; \
          the same data as JSON: <a href=\"/snapshot.json\">snapshot.json</a></p></body></html>\n",
-        escape(&generated)
+        escape(generated)
     );
-    Ok(warp::reply::Reply::into_response(warp::reply::html(page)))
+    page
 }
 
 /// Whether `data` is the projections' dashboard view (else it is the ledger-state fallback).
@@ -169,7 +184,8 @@ fn render_fleet(out: &mut String, d: &serde_json::Value) {
     let (class, verdict) = if stale > 0 {
         ("warn", format!("Attention: {stale} of {live} devices stale (missed heartbeats)"))
     } else {
-        ("ok", format!("OK: no device stale; {} of {live} devices active", count(devices("active"))))
+        let active = devices("active").map_or_else(|| "?".to_owned(), |n| n.to_string());
+        ("ok", format!("OK: no device stale; {active} of {live} devices active"))
     };
     let _ = writeln!(
         out,
@@ -443,6 +459,24 @@ mod tests {
         assert_eq!(format_time_ms(1_710_028_800_123), "2024-03-10 00:00:00 UTC");
         assert_eq!(format_time_ms(i64::MAX), format!("{} ms", i64::MAX));
         assert_eq!(format_pct(50.0), "50.0 %");
+    }
+
+    #[test]
+    fn the_page_refreshes_has_no_script_and_flags_a_broken_ledger() {
+        let view = serde_json::json!({"devices": {"total": 1, "active": 1, "stale": 0}, "jobs": {"capacity_gpus": 2}});
+        let page = page_html(&view, None, "2024-03-10 00:00:00 UTC");
+        assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+        assert!(!page.to_ascii_lowercase().contains("<script"));
+        assert!(page.contains("OK: no device stale; 1 of 1 devices active"));
+        assert!(!page.contains("id=\"broken\""));
+        let broken = page_html(&view, Some("chain broken at seq 7 <x>"), "t");
+        assert!(broken.contains("The ledger refuses writes:</strong> chain broken at seq 7 &lt;x&gt;"));
+        let stale =
+            serde_json::json!({"devices": {"total": 3, "stale": 2, "decommissioned": 1}, "jobs": {"capacity_gpus": 0}});
+        assert!(page_html(&stale, None, "t").contains("Attention: 2 of 2 devices stale"));
+        // Without projections the ledger-state summary is shown as a table.
+        let fallback = page_html(&serde_json::json!({"source": "ledger_state", "devices": {"enrolled": 1}}), None, "t");
+        assert!(fallback.contains("<h2>Ledger state</h2>") && fallback.contains("enrolled"));
     }
 
     #[test]
