@@ -210,7 +210,7 @@ fn a_command_too_big_for_one_request_is_refused() {
 }
 
 #[test]
-fn a_second_process_cannot_open_a_held_outbox() {
+fn a_held_outbox_cannot_be_opened_twice() {
     let dir = tempfile::tempdir().unwrap();
     let _held = Outbox::open(dir.path(), OutboxOptions::default()).unwrap();
     // Within the same process sled's lock is per-open file, so the second open waits and then fails.
