@@ -467,3 +467,38 @@ fn a_refused_heartbeat_is_dead_lettered_once_and_not_retried() {
     assert!(in_ledger.len() >= 2, "{in_ledger:?}");
     assert_eq!(fleet.events("device_registered").len(), 1);
 }
+
+#[test]
+fn the_device_comes_from_the_certificate_and_a_mismatch_is_refused() {
+    let fleet = Fleet::new();
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["agent", "--server", "https://localhost:9"])
+            .arg("--bundle")
+            .arg(fleet.path("bundle"))
+            .arg("--state-dir")
+            .arg(fleet.path("state"))
+            .args(extra)
+            .env_remove("HWLEDGER_CONFIG")
+            .env("HOME", fleet.path("home"))
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--device", "box-2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("agent-box-2.crt"), "{}", String::from_utf8_lossy(&o.stderr));
+    // A certificate renamed to claim another device still speaks for the device it names inside.
+    std::fs::copy(fleet.path("bundle/agent-box-1.crt"), fleet.path("bundle/agent-box-2.crt")).unwrap();
+    std::fs::copy(fleet.path("bundle/agent-box-1.key"), fleet.path("bundle/agent-box-2.key")).unwrap();
+    let o = run(&["--device", "box-2"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("speaks for device box-1"), "{err}");
+    // Two certificates and no --device: ambiguous.
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("choose one with --device"));
+    let o = Command::new(BIN).args(["agent", "--bundle", "x"]).env_remove("HWLEDGER_SERVER").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--server URL is required"));
+}

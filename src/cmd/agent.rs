@@ -310,46 +310,53 @@ impl Transport for HttpTransport {
             message: format!("reading the answer: {}", describe(&e)),
             retry_after,
         })?;
-        if status == 200 {
-            let answer: BatchResponse = serde_json::from_slice(&bytes).map_err(|e| SendFailure::Transient {
-                message: format!("the server's answer is not a batch response: {e}"),
-                retry_after: None,
-            })?;
-            return Ok(answer
-                .results
-                .into_iter()
-                .map(|r| match r {
-                    BatchItemResult::Accepted { receipt } => ItemOutcome::Stored {
-                        command_id: receipt.command_id,
-                        ledger_seq: receipt.seq,
-                        hash: receipt.hash,
-                        duplicate: false,
-                    },
-                    BatchItemResult::Duplicate { receipt } => ItemOutcome::Stored {
-                        command_id: receipt.command_id,
-                        ledger_seq: receipt.seq,
-                        hash: receipt.hash,
-                        duplicate: true,
-                    },
-                    BatchItemResult::Rejected { code, message } => {
-                        let retryable = RETRYABLE_ITEM_CODES.contains(&code.as_str());
-                        ItemOutcome::Rejected { code, message, retryable }
-                    }
-                })
-                .collect());
-        }
-        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => (b.code, b.message),
-            Err(_) => (format!("http_{status}"), String::from_utf8_lossy(&bytes).chars().take(200).collect()),
-        };
-        Err(match status {
-            408 | 429 | 500..=599 => {
-                SendFailure::Transient { message: format!("HTTP {status} {code}: {message}"), retry_after }
-            }
-            400 | 413 => SendFailure::BadBatch { code, message },
-            _ => SendFailure::Refused { code, message },
-        })
+        outcome_of(status, retry_after, &bytes)
     }
+}
+
+/// What an answer of `POST /v1/commands/batch` means for the send loop: per-item outcomes for a 200, else
+/// transient (408, 429, 5xx: retry after a backoff, at least `Retry-After`), bad batch (400, 413: the content
+/// was refused, bisect), or refused (401, 403, 404, ...: the server will not take commands from this agent).
+fn outcome_of(status: u16, retry_after: Option<Duration>, bytes: &[u8]) -> Result<Vec<ItemOutcome>, SendFailure> {
+    if status == 200 {
+        let answer: BatchResponse = serde_json::from_slice(bytes).map_err(|e| SendFailure::Transient {
+            message: format!("the server's answer is not a batch response: {e}"),
+            retry_after: None,
+        })?;
+        return Ok(answer
+            .results
+            .into_iter()
+            .map(|r| match r {
+                BatchItemResult::Accepted { receipt } => ItemOutcome::Stored {
+                    command_id: receipt.command_id,
+                    ledger_seq: receipt.seq,
+                    hash: receipt.hash,
+                    duplicate: false,
+                },
+                BatchItemResult::Duplicate { receipt } => ItemOutcome::Stored {
+                    command_id: receipt.command_id,
+                    ledger_seq: receipt.seq,
+                    hash: receipt.hash,
+                    duplicate: true,
+                },
+                BatchItemResult::Rejected { code, message } => {
+                    let retryable = RETRYABLE_ITEM_CODES.contains(&code.as_str());
+                    ItemOutcome::Rejected { code, message, retryable }
+                }
+            })
+            .collect());
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => (b.code, b.message),
+        Err(_) => (format!("http_{status}"), String::from_utf8_lossy(bytes).chars().take(200).collect()),
+    };
+    Err(match status {
+        408 | 429 | 500..=599 => {
+            SendFailure::Transient { message: format!("HTTP {status} {code}: {message}"), retry_after }
+        }
+        400 | 413 => SendFailure::BadBatch { code, message },
+        _ => SendFailure::Refused { code, message },
+    })
 }
 
 /// A reqwest error with its causes (connection refused, TLS alert, timeout...).
@@ -417,4 +424,61 @@ fn status(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("  dead     #{:<8} {} {}: {}", d.outbox_seq, d.submission.command_id, d.code, d.message);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECEIPT: &str = r#"{"command_id":"b:hb:1","first_seq":7,"seq":7,"leaf_index":6,"hash":"HASH","stream":"device/b","stream_version":3}"#;
+
+    #[test]
+    fn batch_answers_map_to_receipts_and_item_rejections() {
+        let body = format!(
+            r#"{{"results":[{{"status":"accepted","receipt":{RECEIPT}}},{{"status":"duplicate","receipt":{RECEIPT}}},
+            {{"status":"rejected","code":"invalid_command","message":"m"}},
+            {{"status":"rejected","code":"storage_unavailable","message":"disk"}}]}}"#
+        );
+        let out = outcome_of(200, None, body.as_bytes()).unwrap();
+        assert_eq!(
+            out[0],
+            ItemOutcome::Stored { command_id: "b:hb:1".into(), ledger_seq: 7, hash: "HASH".into(), duplicate: false }
+        );
+        assert!(matches!(out[1], ItemOutcome::Stored { duplicate: true, .. }));
+        assert!(matches!(&out[2], ItemOutcome::Rejected { code, retryable: false, .. } if code == "invalid_command"));
+        assert!(matches!(&out[3], ItemOutcome::Rejected { retryable: true, .. }));
+        assert!(matches!(outcome_of(200, None, b"{}"), Err(SendFailure::Transient { .. })));
+    }
+
+    #[test]
+    fn error_statuses_map_to_retry_bisect_or_refused() {
+        let body = br#"{"code":"rate_limited","message":"slow down"}"#;
+        match outcome_of(429, Some(Duration::from_secs(9)), body) {
+            Err(SendFailure::Transient { retry_after, message }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(9)));
+                assert!(message.contains("rate_limited"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(outcome_of(503, None, b"busy"), Err(SendFailure::Transient { .. })));
+        let too_large = br#"{"code":"body_too_large","message":"m"}"#;
+        assert!(
+            matches!(outcome_of(413, None, too_large), Err(SendFailure::BadBatch { code, .. }) if code == "body_too_large")
+        );
+        let not_pinned = br#"{"code":"not_pinned","message":"m"}"#;
+        assert!(
+            matches!(outcome_of(403, None, not_pinned), Err(SendFailure::Refused { code, .. }) if code == "not_pinned")
+        );
+        assert!(matches!(outcome_of(404, None, b""), Err(SendFailure::Refused { code, .. }) if code == "http_404"));
+    }
+
+    #[test]
+    fn durations_and_tool_paths() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(tool_path("none"), None);
+        assert_eq!(tool_path("/opt/bin/nvidia-smi"), Some(PathBuf::from("/opt/bin/nvidia-smi")));
+    }
 }
