@@ -304,8 +304,7 @@ impl Transport for HttpTransport {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()));
         let bytes = response.bytes().await.map_err(|e| SendFailure::Transient {
             message: format!("reading the answer: {}", describe(&e)),
             retry_after,
@@ -357,6 +356,16 @@ fn outcome_of(status: u16, retry_after: Option<Duration>, bytes: &[u8]) -> Resul
         400 | 413 => SendFailure::BadBatch { code, message },
         _ => SendFailure::Refused { code, message },
     })
+}
+
+/// `Retry-After`: delay-seconds, or an HTTP-date (RFC 9110 §10.2.3) turned into the wait from `now`.
+fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
 }
 
 /// A reqwest error with its causes (connection refused, TLS alert, timeout...).
@@ -470,6 +479,15 @@ mod tests {
             matches!(outcome_of(403, None, not_pinned), Err(SendFailure::Refused { code, .. }) if code == "not_pinned")
         );
         assert!(matches!(outcome_of(404, None, b""), Err(SendFailure::Refused { code, .. }) if code == "http_404"));
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = time::macros::datetime!(1994-11-06 08:49:00 UTC);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(37)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:48:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
