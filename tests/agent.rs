@@ -134,6 +134,16 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    /// A failing test must not leave a server or an agent running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A data directory with device `box-1` enrolled and an agent bundle issued for it (done before the
 /// server starts: the data directory is locked while it runs).
 struct Fleet {

@@ -222,7 +222,9 @@ fn a_held_outbox_cannot_be_opened_twice() {
 fn crash_child(dir: &str) -> ! {
     let ob = Outbox::open(std::path::Path::new(dir), OutboxOptions::default()).unwrap();
     let mut n = ob.stats().next_seq as i64 + 1_000_000;
-    loop {
+    // Bounded: the parent kills this process long before; a parent that died closes stdout, and the next
+    // println! ends this process too.
+    for _ in 0..50_000 {
         n += 1;
         ob.enqueue(&[hb(n)], Stamp { sampled_at: Some(n), inventory: None }, n).unwrap();
         println!("Q box:hb:{n}");
@@ -235,6 +237,7 @@ fn crash_child(dir: &str) -> ! {
             }
         }
     }
+    std::process::exit(0)
 }
 
 #[test]
