@@ -161,7 +161,11 @@ impl Fleet {
         )
         .unwrap();
         ok(hw(&fleet.data(), &["submit", cmd.to_str().unwrap()]));
-        ok(hw(&fleet.data(), &["enroll", "agent", DEVICE, "--out", fleet.path("bundle").to_str().unwrap()]));
+        let issued = ok(hw(
+            &fleet.data(),
+            &["--json", "enroll", "agent", DEVICE, "--out", fleet.path("bundle").to_str().unwrap()],
+        ));
+        std::fs::write(fleet.path("fingerprint"), issued).unwrap();
         std::fs::create_dir_all(fleet.path("tools")).unwrap();
         fleet
     }
@@ -512,4 +516,44 @@ fn the_device_comes_from_the_certificate_and_a_mismatch_is_refused() {
     let o = Command::new(BIN).args(["agent", "--bundle", "x"]).env_remove("HWLEDGER_SERVER").output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--server URL is required"));
+}
+
+#[test]
+fn a_revoked_agent_keeps_its_queue_instead_of_dead_lettering_it() {
+    let fleet = Fleet::new();
+    h100_tool(&fleet);
+    let (server, port) = fleet.serve(0);
+    let mut agent = fleet.agent(port, &[]);
+    agent.wait_for(0, "a first delivery", |l| l.contains("sent "));
+    server.stop(Signal::SIGINT);
+    // Revoke the agent's certificate while the server is down (the data directory is free then).
+    let issued: Value =
+        serde_json::from_str(std::fs::read_to_string(fleet.path("fingerprint")).unwrap().trim()).unwrap();
+    let revoke = fleet.path("revoke.json");
+    std::fs::write(
+        &revoke,
+        format!(
+            r#"{{"command_id":"revoke-1","command":{{"type":"revoke_certificate","fingerprint":"{}","reason":"test"}}}}"#,
+            issued["fingerprint"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    ok(hw(&fleet.data(), &["submit", revoke.to_str().unwrap()]));
+    let (server, _) = fleet.serve(port);
+    let mark = agent.count();
+    agent.wait_count(mark, 1, "the refusal", |l| l.contains("the server refuses this agent"));
+    agent.wait_count(mark, 3, "heartbeats queued meanwhile", |l| l.contains("queued heartbeat"));
+    let lines = agent.stop(Signal::SIGTERM);
+    server.stop(Signal::SIGINT);
+    assert!(lines.iter().any(|l| l.contains("not_pinned")), "{lines:?}");
+    let status = fleet.status();
+    assert!(status["dead_letters"].as_array().unwrap().is_empty(), "{status}");
+    let pending = status["pending"].as_array().unwrap();
+    assert!(pending.len() >= 3, "{status}");
+    // Everything queued since the refusal is still there, to be sent once the device has a valid certificate.
+    let queued = queued_heartbeats(&lines[mark..]);
+    let ids: BTreeSet<&str> = pending.iter().map(|p| p["command_id"].as_str().unwrap()).collect();
+    for id in &queued {
+        assert!(ids.contains(id.as_str()), "{id} vanished");
+    }
 }

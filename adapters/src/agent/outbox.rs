@@ -607,8 +607,8 @@ impl Outbox {
                 for (i, beat) in beats.drain(..).enumerate() {
                     if i < half && i % 2 == 1 {
                         batch.remove(&key(b'Q', beat.0));
-                        count -= 1;
-                        bytes -= beat.1;
+                        count = count.saturating_sub(1);
+                        bytes = bytes.saturating_sub(beat.1);
                         coalesced.push(beat);
                     } else {
                         kept.push(beat);
@@ -707,8 +707,8 @@ impl Outbox {
             let qk = key(b'Q', p.seq);
             if self.tree.contains_key(qk)? {
                 batch.remove(&qk);
-                pending -= 1;
-                bytes -= u64::try_from(p.json.len()).unwrap_or(u64::MAX);
+                pending = pending.saturating_sub(1);
+                bytes = bytes.saturating_sub(u64::try_from(p.json.len()).unwrap_or(u64::MAX));
             }
             match resolution {
                 Resolution::Receipt { ledger_seq, hash, duplicate } => {
