@@ -7,7 +7,9 @@
 //! - a server outage: every heartbeat sampled while the server was down is in the ledger exactly once;
 //! - the agent SIGKILLed mid-backlog and restarted: nothing lost, nothing doubled;
 //! - a tiny outbox: old heartbeats coalesced as documented, the registration survives;
-//! - a heartbeat the ledger refuses: dead-lettered once with its code, never retried.
+//! - a heartbeat the ledger refuses: dead-lettered once with its code, never retried;
+//! - an agent whose certificate is revoked: refused, and its queue kept (nothing dead-lettered);
+//! - the device id comes from the certificate; a `--device` that disagrees is refused (exit 2).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
