@@ -14,8 +14,6 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v tar >/dev/null 2>&1 || need+=(tar)
-# `kill -INT` stops the servers the end-to-end tests start (procps ships /usr/bin/kill).
-[ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
 # The dashboard test renders the page in Debian's chromium (large: only if absent); DejaVu so text renders.
 [ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then

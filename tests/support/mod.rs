@@ -328,9 +328,8 @@ impl Server {
     /// Stops the server like Ctrl-C does (SIGINT) and waits for a clean exit; returns its log.
     pub fn stop(mut self) -> String {
         let mut child = self.child.take().expect("server running");
-        let kill = tool("kill", "procps");
-        let signalled = run_with_deadline(&kill, ["-INT", &child.id().to_string()], b"", DEADLINE);
-        assert!(signalled.success(), "kill -INT failed: {}", signalled.stderr);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("send SIGINT to hwledger serve");
         let status = wait_until(&mut child, Instant::now() + DEADLINE);
         if status.is_none() {
             let _ = child.kill();
