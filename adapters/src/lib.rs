@@ -2,6 +2,7 @@
 //! typed values that the binary turns into commands. Adapters never write ledger state directly.
 
 pub mod cloud;
+pub mod fleet;
 pub mod gpu;
 pub mod ssh;
 pub mod tailscale;
