@@ -505,13 +505,22 @@ fn suggest_lists_devices_with_free_vram_and_fitting_offers_cheapest_first() {
             _ => s["offer"]["offer_id"].as_str().unwrap_or("?").to_owned(),
         })
         .collect();
-    // RunPod's cheapest offers with ≥ 20000 MiB per GPU: RTX A5000 community $0.16, RTX 4000 Ada $0.20,
-    // RTX A4500 $0.19 (20 GiB); the idle device at $0.15 is cheapest; "busy" has 4564 MiB free; "norate" last.
-    assert_eq!(names[0], "idle");
+    // The idle device at $0.15/h, then RunPod's three cheapest offers with ≥ 20000 MiB per GPU (community
+    // RTX A5000 $0.16, RTX A4500 $0.19 with 20 GiB, RTX 4000 Ada $0.20), then the device without a rate.
+    // "busy" has only 4564 MiB free.
+    assert_eq!(
+        names,
+        [
+            "idle",
+            "NVIDIA RTX A5000:community",
+            "NVIDIA RTX A4500:community",
+            "NVIDIA RTX 4000 Ada Generation:community",
+            "norate"
+        ]
+    );
     assert_eq!(list[0]["cost_micro_usd"], 300_000, "2 h at $0.15/h");
     assert_eq!(list[0]["free_vram_mib"], 23_564);
-    assert_eq!(names.last().map(String::as_str), Some("norate"));
-    assert!(!names.contains(&"busy".to_owned()));
+    assert_eq!(list[4]["micro_usd_per_hour"], Value::Null);
     let offers: Vec<&Value> = list.iter().filter(|s| s["kind"] == "offer").collect();
     assert_eq!(offers.len(), 3);
     let rates: Vec<u64> = list.iter().filter_map(|s| s["micro_usd_per_hour"].as_u64()).collect();
@@ -521,6 +530,29 @@ fn suggest_lists_devices_with_free_vram_and_fitting_offers_cheapest_first() {
         assert_eq!(o["cost_micro_usd"].as_u64(), o["micro_usd_per_hour"].as_u64().map(|r| r * 2));
     }
     assert_eq!(v["errors"][0]["provider"], "vast");
+}
+
+#[test]
+fn dispatch_suggest_takes_the_top_device_only_after_confirmation() {
+    let fleet = Fleet::new();
+    let sshd = Sshd::start();
+    dispatch_ready(&fleet, &sshd);
+    let before = fleet.events().len();
+    // No terminal and no --yes: refused, nothing recorded.
+    let args = ["dispatch", "--suggest", "--model", "m", "--vram", "1000", "--job", "j-s", "--", "echo suggested"];
+    let o = fleet.expect(2, &args);
+    assert!(err(&o).contains("pass --yes"), "{}", err(&o));
+    assert!(err(&o).contains("suggested: gpu-1"), "the suggestion is shown: {}", err(&o));
+    assert_eq!(fleet.events().len(), before);
+    // More VRAM free than any device has: nothing to suggest.
+    let o = fleet.expect(1, &["dispatch", "--suggest", "--yes", "--model", "m", "--vram", "70000", "--", "true"]);
+    assert!(err(&o).contains("no enrolled SSH device"), "{}", err(&o));
+    let mut yes = vec!["dispatch", "--suggest", "--yes"];
+    yes.extend_from_slice(&args[2..]);
+    let o = fleet.expect(0, &yes);
+    assert_eq!(out(&o), "suggested\n");
+    let job = fleet.job("j-s");
+    assert_eq!((job["device_id"].as_str(), job["status"].as_str()), (Some("gpu-1"), Some("completed")));
 }
 
 #[test]
