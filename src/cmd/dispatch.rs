@@ -21,7 +21,7 @@ use clap::{Args, ValueEnum};
 use hwledger_adapters::cloud::Provider;
 use hwledger_adapters::fleet::job::{self, JobOutcome};
 use hwledger_adapters::fleet::price::{dispatch_quote, format_usd, pick_offer, rate_quote};
-use hwledger_adapters::fleet::probe::{probe_failed, probe_succeeded};
+use hwledger_adapters::fleet::probe::{pin_host_key, probe_failed, probe_succeeded};
 use hwledger_adapters::fleet::suggest::{Need, Suggestion, suggest};
 use hwledger_adapters::ssh::{
     DEFAULT_MAX_OUTPUT_BYTES, ExecLimits, HostKeyPolicy, HostKeyTrust, Session, SshTarget, probe,
@@ -283,21 +283,23 @@ pub fn run(config: &Config, global: &Global, args: DispatchArgs) -> anyhow::Resu
         }
     };
     let fingerprint = session.host_key_fingerprint().to_owned();
-    let mut start = Vec::new();
     if session.host_key_trust() == HostKeyTrust::FirstUse {
-        start.push(hwledger_engine::Submission {
-            command_id: format!("pin/{device_id}/{fingerprint}"),
-            expected_version: None,
-            command: hwledger_engine::Command::PinHostKey {
-                device_id: device_id.clone(),
-                key_fingerprint: fingerprint.clone(),
-            },
-        });
+        // Trusted on first use: pin it, or — if the ledger refuses (another key was pinned meanwhile) —
+        // run nothing on this host.
+        let pinned = target.submit(vec![pin_host_key(&device_id, &fingerprint)], now_ms())?;
+        if let Some(bad) = pinned.iter().find(|r| !r.recorded()) {
+            rt.block_on(session.close());
+            let outcome = JobOutcome::NotStarted { reason: format!("{}: {}", job::NOT_STARTED, bad.describe()) };
+            submit_all(&target, vec![outcome.submission(&job_id)], now_ms())?;
+            bail!(CheckFailed(format!(
+                "job {job_id} not started: host key {fingerprint} not pinned: {}",
+                bad.describe()
+            )));
+        }
     }
-    start.push(job::start(&job_id));
 
     // 3. Start and run.
-    if let Err(e) = submit_all(&target, start, now_ms()) {
+    if let Err(e) = submit_all(&target, vec![job::start(&job_id)], now_ms()) {
         rt.block_on(session.close());
         return Err(e);
     }

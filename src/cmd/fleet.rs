@@ -17,11 +17,10 @@ use hwledger_adapters::cloud::{ApiKey, ClientOptions, CloudClient, CloudError, P
 use hwledger_adapters::fleet::{GpuLoad, KnownDevice};
 use hwledger_engine::event::Actor;
 use hwledger_engine::ledger::Outcome;
+use hwledger_engine::state::JobStatus;
 use hwledger_engine::{Context, Submission};
-use hwledger_projections::cost::JobView;
-use hwledger_projections::registry::DeviceStatus;
 use hwledger_projections::{Projector, ProjectorOptions};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Config;
 use super::ledger_tools::now_ms;
@@ -154,40 +153,85 @@ impl Target {
         }
     }
 
-    /// Devices and the latest GPU readings.
-    pub fn fleet(&self) -> anyhow::Result<FleetView> {
-        self.with_projector(|p| {
-            let devices = p
-                .devices(now_ms(), HEARTBEAT)
-                .into_iter()
-                .map(|d| KnownDevice {
-                    device_id: d.device_id,
-                    kind: d.kind,
-                    hostname: d.hostname,
-                    gpus: d.gpus,
-                    host_key: d.host_key,
-                    micro_usd_per_hour: d.micro_usd_per_hour,
-                    decommissioned: d.status == DeviceStatus::Decommissioned,
-                    last_seen: d.last_seen,
-                })
-                .collect();
-            let mut loads: HashMap<String, Vec<GpuLoad>> = HashMap::new();
-            for s in p.snapshots().latest() {
-                loads.entry(s.device_id).or_default().push(GpuLoad {
-                    index: s.index,
-                    sampled_at: s.sample.sampled_at,
-                    vram_used_mib: s.sample.vram_used_mib,
-                    vram_total_mib: s.sample.vram_total_mib,
-                });
-            }
-            FleetView { devices, loads }
-        })
+    /// Every device as the registry serves it (`GET /v1/devices`, `devices --json`).
+    fn device_views(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let views = self.with_projector(|p| p.devices(now_ms(), HEARTBEAT))?;
+        views.into_iter().map(|v| serde_json::to_value(v).context("render device")).collect()
     }
 
-    /// One job as the cost projection sees it.
-    pub fn job(&self, job_id: &str) -> anyhow::Result<Option<JobView>> {
-        self.with_projector(|p| p.jobs().into_iter().find(|j| j.job_id == job_id))
+    /// The latest reading of each GPU, as the snapshots projection serves it.
+    fn latest_views(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let latest = self.with_projector(|p| p.snapshots().latest())?;
+        latest.into_iter().map(|v| serde_json::to_value(v).context("render telemetry")).collect()
     }
+
+    /// Every job as the cost projection serves it.
+    fn job_views(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let jobs = self.with_projector(|p| p.jobs())?;
+        jobs.into_iter().map(|v| serde_json::to_value(v).context("render job")).collect()
+    }
+
+    /// Devices and the latest GPU readings.
+    pub fn fleet(&self) -> anyhow::Result<FleetView> {
+        let devices = self.device_views()?.iter().map(known_device).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut loads: HashMap<String, Vec<GpuLoad>> = HashMap::new();
+        for v in self.latest_views()? {
+            let latest: LatestView = serde_json::from_value(v).context("read telemetry")?;
+            loads.entry(latest.device_id).or_default().push(GpuLoad {
+                index: latest.index,
+                sampled_at: latest.sample.sampled_at,
+                vram_used_mib: latest.sample.vram_used_mib,
+                vram_total_mib: latest.sample.vram_total_mib,
+            });
+        }
+        Ok(FleetView { devices, loads })
+    }
+
+    /// One job, if it was dispatched.
+    pub fn job(&self, job_id: &str) -> anyhow::Result<Option<JobInfo>> {
+        for v in self.job_views()? {
+            let job: JobInfo = serde_json::from_value(v).context("read job")?;
+            if job.job_id == job_id {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A device of the registry's JSON view as [`KnownDevice`] (its `status` tells decommissioned ones).
+fn known_device(view: &serde_json::Value) -> anyhow::Result<KnownDevice> {
+    let mut device: KnownDevice = serde_json::from_value(view.clone()).context("read device")?;
+    device.decommissioned = view.get("status").and_then(|s| s.as_str()) == Some("decommissioned");
+    Ok(device)
+}
+
+/// The fields of the snapshots projection's latest-sample view that fleet commands use.
+#[derive(Debug, Deserialize)]
+struct LatestView {
+    device_id: String,
+    index: u32,
+    sample: SampleView,
+}
+
+#[derive(Debug, Deserialize)]
+struct SampleView {
+    sampled_at: i64,
+    vram_used_mib: Option<u64>,
+    vram_total_mib: Option<u64>,
+}
+
+/// The fields of a job's view that fleet commands use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobInfo {
+    /// Job id.
+    pub job_id: String,
+    /// Device it was dispatched to.
+    pub device_id: String,
+    /// Lifecycle.
+    pub status: JobStatus,
+    /// Cost of a finished, priced job.
+    pub cost_micro_usd: Option<u64>,
 }
 
 /// Submits and insists every submission was recorded (accepted or duplicate); a rejection is a

@@ -69,6 +69,14 @@ fn trust_label(trust: HostKeyTrust) -> &'static str {
     }
 }
 
+/// `pin_host_key`: the fingerprint trusted on first use becomes the one every later connection must present.
+pub fn pin_host_key(device_id: &str, fingerprint: &str) -> Submission {
+    submission(
+        format!("pin/{device_id}/{fingerprint}"),
+        Command::PinHostKey { device_id: device_id.to_owned(), key_fingerprint: fingerprint.to_owned() },
+    )
+}
+
 /// The commands recording a successful probe of `target` as device `device_id` at `at`.
 pub fn probe_succeeded(
     device_id: &str,
@@ -90,13 +98,7 @@ pub fn probe_succeeded(
         ));
     }
     if report.host_key_trust == HostKeyTrust::FirstUse {
-        out.push(submission(
-            format!("pin/{device_id}/{}", report.host_key_fingerprint),
-            Command::PinHostKey {
-                device_id: device_id.to_owned(),
-                key_fingerprint: report.host_key_fingerprint.clone(),
-            },
-        ));
+        out.push(pin_host_key(device_id, &report.host_key_fingerprint));
     }
     let gpus = inventory(&report.samples);
     if known.is_none_or(|k| k.gpus != gpus) {
