@@ -404,6 +404,40 @@ fn a_job_whose_connection_is_cut_is_not_completed_and_the_host_is_probed() {
     assert!(!types.contains(&"job_completed".to_owned()));
 }
 
+#[test]
+fn a_job_that_outlives_its_timeout_is_outcome_unknown_not_completed() {
+    let fleet = Fleet::new();
+    let sshd = Sshd::start();
+    dispatch_ready(&fleet, &sshd);
+    let o = fleet.expect(
+        1,
+        &[
+            "--json",
+            "dispatch",
+            "--device",
+            "gpu-1",
+            "--model",
+            "m",
+            "--vram",
+            "1000",
+            "--job",
+            "j-slow",
+            "--timeout",
+            "1s",
+            "--",
+            "sleep 30",
+        ],
+    );
+    let result: Value = serde_json::from_str(out(&o).trim()).expect("JSON");
+    assert_eq!(result["outcome"]["outcome"], "outcome_unknown");
+    let job = fleet.job("j-slow");
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["exit_status"], Value::Null);
+    let reason = job["failure_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("outcome_unknown: command_timeout"), "{reason}");
+    assert_eq!(fleet.event_types().last().map(String::as_str), Some("host_probed"));
+}
+
 /// A stub of the three clouds, kept running on its own runtime for the test's duration.
 struct Clouds {
     stub: cloud_stub::Stub,
@@ -482,14 +516,16 @@ fn suggest_lists_devices_with_free_vram_and_fitting_offers_cheapest_first() {
     let clouds = Clouds::start();
     fleet.config(&clouds.config(&[("runpod", "ok"), ("vast", "server-error")]));
     let gpu = |vram: u64| serde_json::json!([{"index": 0, "name": "RTX 4090", "uuid": null, "vram_total_mib": vram}]);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let now_ms =
+        u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis())
+            .expect("ms fit u64");
     let reading = |used: u64| serde_json::json!([{"index": 0, "vram_used_mib": used, "vram_total_mib": 24564, "utilization_pct": 5.0, "temperature_c": 40.0, "power_w": 50.0}]);
     let mut subs = Vec::new();
     for (id, used, rate) in [("idle", 1_000u64, Some(150_000u64)), ("busy", 20_000, Some(10_000)), ("norate", 0, None)]
     {
         subs.push(serde_json::json!({"command_id": format!("e-{id}"), "command": {"type": "enroll_device", "device_id": id, "kind": "local"}}));
         subs.push(serde_json::json!({"command_id": format!("r-{id}"), "command": {"type": "register_device", "device_id": id, "gpus": gpu(24564)}}));
-        subs.push(serde_json::json!({"command_id": format!("t-{id}"), "command": {"type": "record_telemetry", "device_id": id, "sampled_at": now_ms as u64, "gpus": reading(used)}}));
+        subs.push(serde_json::json!({"command_id": format!("t-{id}"), "command": {"type": "record_telemetry", "device_id": id, "sampled_at": now_ms, "gpus": reading(used)}}));
         if let Some(rate) = rate {
             subs.push(serde_json::json!({"command_id": format!("p-{id}"), "command": {"type": "set_device_rate", "device_id": id, "micro_usd_per_hour": rate}}));
         }
