@@ -277,13 +277,17 @@ pub fn run(config: &Config, global: &Global, args: ProbeArgs) -> anyhow::Result<
         } else {
             match &r.result {
                 Ok(report) => println!(
-                    "{:<20} {:<28} ok      {} GPU(s) via {}, host key {} ({:?})",
+                    "{:<20} {:<28} ok      {} GPU(s) via {}, host key {} ({})",
                     r.plan.device_id,
                     r.plan.target.to_string(),
                     report.samples.len(),
                     report.tool,
                     report.host_key_fingerprint,
-                    report.host_key_trust
+                    match report.host_key_trust {
+                        hwledger_adapters::ssh::HostKeyTrust::KnownHosts => "in known_hosts",
+                        hwledger_adapters::ssh::HostKeyTrust::Pinned => "matches the pin",
+                        hwledger_adapters::ssh::HostKeyTrust::FirstUse => "first use: pinned now",
+                    }
                 ),
                 Err(e) => {
                     println!("{:<20} {:<28} FAILED  {}: {e}", r.plan.device_id, r.plan.target.to_string(), e.code())

@@ -139,7 +139,13 @@ pub fn classify(result: &Result<ExecOutput, SshError>, elapsed: Duration) -> Job
         Err(e) if e.outcome_unknown() => {
             let received = match e {
                 SshError::ConnectionLost { partial, .. } | SshError::CommandTimeout { partial, .. } => {
-                    format!("; {} bytes of output received", partial.stdout.len() + partial.stderr.len())
+                    let mut known =
+                        format!("; {} bytes of output received", partial.stdout.len() + partial.stderr.len());
+                    // Reported but not confirmed by the channel's close: worth knowing, not a completion.
+                    if let Some(status) = partial.exit_status {
+                        known.push_str(&format!("; exit status {status} was reported before the channel closed"));
+                    }
+                    known
                 }
                 _ => String::new(),
             };
