@@ -322,7 +322,7 @@ fn a_succeeding_command_is_completed_and_priced_by_the_cost_projection() {
 #[test]
 fn a_failing_command_is_failed_with_its_exit_status() {
     let fleet = Fleet::new();
-    let sshd = Sshd::start();
+    let mut sshd = Sshd::start();
     dispatch_ready(&fleet, &sshd);
     let o = fleet.expect(
         1,
@@ -355,6 +355,33 @@ fn a_failing_command_is_failed_with_its_exit_status() {
     );
     assert!(err(&o).contains("vram_exceeded"), "{}", err(&o));
     assert!(fleet.json(&["jobs"]).as_array().is_some_and(|j| j.len() == 1));
+
+    // The host's key changed: nothing runs, the job is failed as not started, exit 1.
+    sshd.restart_with_new_host_key();
+    install_fake_nvidia(&sshd);
+    let logins = sshd.accepted_logins();
+    let o = fleet.expect(
+        1,
+        &[
+            "dispatch",
+            "--device",
+            "gpu-1",
+            "--model",
+            "m",
+            "--vram",
+            "1000",
+            "--job",
+            "j-mitm",
+            "--",
+            "touch /tmp/never",
+        ],
+    );
+    assert!(err(&o).contains("HOST KEY CHANGED"), "{}", err(&o));
+    assert_eq!(sshd.accepted_logins(), logins, "no login to a host with a changed key");
+    let job = fleet.job("j-mitm");
+    assert_eq!(job["status"], "failed");
+    assert!(job["failure_reason"].as_str().is_some_and(|r| r.starts_with("not_started: host_key_changed")), "{job}");
+    assert_eq!(job["started_at"], Value::Null);
 }
 
 #[test]
