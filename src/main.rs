@@ -36,7 +36,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(2)
+            // A refusal (rejected command, changed host key, job not completed) is a failed check.
+            if err.chain().any(|e| e.is::<cmd::fleet::CheckFailed>()) { ExitCode::from(1) } else { ExitCode::from(2) }
         }
     }
 }

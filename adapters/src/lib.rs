@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cloud;
+pub mod fleet;
 pub mod gpu;
 pub mod ssh;
 pub mod tailscale;

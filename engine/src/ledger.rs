@@ -724,6 +724,13 @@ impl<'a> Writer<'a> {
             }
             return;
         }
+        if requests.iter().all(|r| r.items.is_empty() && r.sign_now.is_none()) {
+            // Nothing to decide (e.g. `warm_up`): no group, no checkpoint, no clock reading to go by.
+            for r in requests {
+                let _ = r.reply.send(Vec::new());
+            }
+            return;
+        }
         let mut outcomes: Vec<Vec<Result<Outcome, SubmitError>>> = Vec::with_capacity(requests.len());
         let mut batch = CommitBatch::default();
         let mut committed: Vec<CommittedEvent> = Vec::new();
@@ -887,7 +894,9 @@ impl<'a> Writer<'a> {
         let mut new_checkpoint = None;
         if let Some(signer) = &shared.options.signer {
             let last_size = shared.checkpoint.read().as_ref().map_or(0, |c| c.0);
-            let due = self.last_checkpoint_at.is_none_or(|t| latest_now - t >= shared.options.checkpoint_interval_ms);
+            let due = self
+                .last_checkpoint_at
+                .is_none_or(|t| latest_now.saturating_sub(t) >= shared.options.checkpoint_interval_ms);
             if head.seq > last_size && (sign_now || due) {
                 let nodes = LedgerNodes { shared };
                 drop(tiles);
