@@ -266,6 +266,10 @@ pub(crate) fn authorize(app: &App, peer: &PeerInfo) -> Result<Principal, ApiErro
     let identity = peer
         .identity()
         .map_err(|e| ApiError::not_pinned(format!("certificate {fingerprint} carries no usable role: {e}")))?;
+    // While the store is being recovered the decision state is empty: refuse with "retry later", not 403.
+    if let Some(why) = app.ledger.unavailable() {
+        return Err(ApiError::unavailable("storage_unavailable", why));
+    }
     let now = app.clock.now_ms();
     let role = identity.role;
     app.ledger.with_state(|state| {
@@ -509,11 +513,13 @@ fn require_writer(p: &Principal) -> Result<(), ApiError> {
 }
 
 fn health(app: &App) -> Result<warp::reply::Response, ApiError> {
-    let broken = app.ledger.broken().map(str::to_owned);
+    let broken = app.ledger.broken();
+    let unavailable = app.ledger.unavailable();
     ok_json(&HealthResponse {
-        status: if broken.is_some() { "degraded" } else { "ok" }.to_owned(),
+        status: if broken.is_some() || unavailable.is_some() { "degraded" } else { "ok" }.to_owned(),
         head_seq: app.ledger.head().seq,
         broken,
+        unavailable,
     })
 }
 
