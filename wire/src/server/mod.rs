@@ -177,6 +177,12 @@ pub trait ReadModels: Send + Sync + 'static {
     fn cost(&self, query: &ReadQuery) -> Result<serde_json::Value, ReadModelError>;
     /// `GET /v1/dashboard`, `/snapshot.json` and the HTML dashboard.
     fn dashboard(&self) -> Result<serde_json::Value, ReadModelError>;
+    /// `GET /v1/projections`: where each read model stands and the digest of its state, so a client can
+    /// compare the live read models with a rebuild from the log (`hwledger replay --until SEQ`).
+    fn projections(&self, query: &ReadQuery) -> Result<serde_json::Value, ReadModelError> {
+        let _ = query;
+        Err(ReadModelError::Unavailable("these read models do not report their digests".to_owned()))
+    }
 }
 
 /// Why the server could not start or stopped with an error.

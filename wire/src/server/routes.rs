@@ -61,6 +61,7 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs"),
     ("GET", "/v1/cost"),
     ("GET", "/v1/dashboard"),
+    ("GET", "/v1/projections"),
 ];
 
 /// Every route of the enrollment listener.
@@ -90,6 +91,7 @@ enum Route {
     Jobs,
     Cost,
     Dashboard,
+    Projections,
 }
 
 impl Route {
@@ -114,6 +116,7 @@ impl Route {
             "/v1/jobs" => (Route::Jobs, "/v1/jobs", get),
             "/v1/cost" => (Route::Cost, "/v1/cost", get),
             "/v1/dashboard" => (Route::Dashboard, "/v1/dashboard", get),
+            "/v1/projections" => (Route::Projections, "/v1/projections", get),
             other => {
                 let id = other.strip_prefix("/v1/devices/")?;
                 if id.is_empty() || id.contains('/') {
@@ -458,7 +461,7 @@ where
                 }
             }
         }
-        Route::Telemetry | Route::Jobs | Route::Cost => {
+        Route::Telemetry | Route::Jobs | Route::Cost | Route::Projections => {
             require_reader(principal)?;
             let q = Query::parse(&parts.query)?;
             let Some(rm) = &app.read_models else {
@@ -472,6 +475,7 @@ where
             let value = match route {
                 Route::Telemetry => rm.telemetry(&rq),
                 Route::Jobs => rm.jobs(&rq),
+                Route::Projections => rm.projections(&rq),
                 _ => rm.cost(&rq),
             };
             ok_json(&value.map_err(read_model_error)?)
