@@ -277,6 +277,19 @@ impl Ledger {
         Ticket(rx)
     }
 
+    /// While the ledger is [unavailable](Ledger::unavailable), asks the writer to try reopening the store now,
+    /// without waiting (a reader that refuses requests meanwhile must call this, or nothing would ever retry).
+    /// Requests queued together are handled as one attempt. No-op otherwise.
+    pub fn retry_storage(&self) {
+        if self.shared.unavailable.read().is_none() {
+            return;
+        }
+        let (reply, _) = tokio::sync::oneshot::channel();
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.send(Request { items: Vec::new(), reply, sign_now: None });
+        }
+    }
+
     /// Submits one command and waits (blocking) for its outcome.
     pub fn submit(&self, submission: Submission, ctx: Context) -> Result<Outcome, SubmitError> {
         self.submit_many(vec![(submission, ctx)]).wait().pop().unwrap_or(Err(SubmitError::Closed))
@@ -710,6 +723,13 @@ impl<'a> Writer<'a> {
                 return refuse(requests, SubmitError::Broken(why));
             }
         }
+        // A nudge from `retry_storage` (no items, no signing): the reopen above was all it asked for.
+        if requests.iter().all(|r| r.items.is_empty() && r.sign_now.is_none()) {
+            for r in requests {
+                let _ = r.reply.send(Vec::new());
+            }
+            return;
+        }
         let mut outcomes: Vec<Vec<Result<Outcome, SubmitError>>> = Vec::with_capacity(requests.len());
         let mut batch = CommitBatch::default();
         let mut committed: Vec<CommittedEvent> = Vec::new();
@@ -867,7 +887,10 @@ impl<'a> Writer<'a> {
         let mut new_checkpoint = None;
         if let Some(signer) = &shared.options.signer {
             let last_size = shared.checkpoint.read().as_ref().map_or(0, |c| c.0);
-            let due = self.last_checkpoint_at.is_none_or(|t| latest_now - t >= shared.options.checkpoint_interval_ms);
+            // `latest_now` is i64::MIN for a group without items or a signing request: never due then.
+            let due = self
+                .last_checkpoint_at
+                .is_none_or(|t| latest_now.saturating_sub(t) >= shared.options.checkpoint_interval_ms);
             if head.seq > last_size && (sign_now || due) {
                 let nodes = LedgerNodes { shared };
                 drop(tiles);

@@ -271,6 +271,8 @@ pub(crate) fn authorize(app: &App, peer: &PeerInfo) -> Result<Principal, ApiErro
         .map_err(|e| ApiError::not_pinned(format!("certificate {fingerprint} carries no usable role: {e}")))?;
     // While the store is being recovered the decision state is empty: refuse with "retry later", not 403.
     if let Some(why) = app.ledger.unavailable() {
+        // Requests are what make the writer retry the reopen; refused ones must ask for it.
+        app.ledger.retry_storage();
         return Err(ApiError::unavailable("storage_unavailable", why));
     }
     let now = app.clock.now_ms();
@@ -519,6 +521,9 @@ fn require_writer(p: &Principal) -> Result<(), ApiError> {
 fn health(app: &App) -> Result<warp::reply::Response, ApiError> {
     let broken = app.ledger.broken();
     let unavailable = app.ledger.unavailable();
+    if unavailable.is_some() {
+        app.ledger.retry_storage();
+    }
     ok_json(&HealthResponse {
         status: if broken.is_some() || unavailable.is_some() { "degraded" } else { "ok" }.to_owned(),
         head_seq: app.ledger.head().seq,
