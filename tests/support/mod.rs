@@ -179,9 +179,11 @@ impl Server {
         None
     }
 
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Whether the process is still running (not exited, not a zombie), from /proc.
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .map(|s| !s.lines().any(|l| l.starts_with("State:") && (l.contains("Z (") || l.contains("X ("))))
+            .unwrap_or(false)
     }
 
     /// Resident set size (kB) from /proc/PID/status.
