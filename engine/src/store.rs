@@ -181,6 +181,20 @@ pub fn decode_command_group(v: &[u8], mut f: impl FnMut(&str, CommandEntry)) -> 
     if rest.is_empty() { Ok(()) } else { Err(bad()) }
 }
 
+/// Length of an idempotency value in the first build's layout (kept readable: `fixtures/ledgers/v1`): one key
+/// per command, `C ‖ command id` → digest ‖ first seq (u64 BE) ‖ last seq (u64 BE). A group value is never this
+/// long (its smallest is 4 + 2 + 1 + 48).
+const V1_ENTRY_LEN: usize = 48;
+
+fn decode_v1_entry(v: &[u8]) -> Result<CommandEntry, StoreError> {
+    let bad = || StoreError::Corrupt("idempotency entry is malformed".into());
+    Ok(CommandEntry {
+        digest: v.get(..32).and_then(|b| b.try_into().ok()).ok_or_else(bad)?,
+        first_seq: u64::from_be_bytes(v.get(32..40).and_then(|b| b.try_into().ok()).ok_or_else(bad)?),
+        last_seq: u64::from_be_bytes(v.get(40..48).and_then(|b| b.try_into().ok()).ok_or_else(bad)?),
+    })
+}
+
 /// Everything one group commit writes, applied atomically.
 #[derive(Debug, Default)]
 pub struct CommitBatch {
@@ -354,24 +368,42 @@ impl Store {
         let open = self.open_db()?;
         for r in open.tree.scan_prefix([b'C']) {
             let (k, v) = r?;
-            if v.len() == 48 {
-                // Layout of the first build (kept readable: fixtures/ledgers/v1): one key per command,
-                // `C ‖ command id` → digest ‖ first seq (u64 BE) ‖ last seq (u64 BE). A group value is never
-                // 48 bytes long (its smallest is 4 + 2 + 1 + 48).
+            if v.len() == V1_ENTRY_LEN {
                 let id =
                     std::str::from_utf8(&k[1..]).map_err(|_| StoreError::Corrupt("command id is not UTF-8".into()))?;
-                let bad = || StoreError::Corrupt("idempotency entry is malformed".into());
-                let entry = CommandEntry {
-                    digest: v[..32].try_into().map_err(|_| bad())?,
-                    first_seq: u64::from_be_bytes(v[32..40].try_into().map_err(|_| bad())?),
-                    last_seq: u64::from_be_bytes(v[40..48].try_into().map_err(|_| bad())?),
-                };
-                f(id, entry);
+                f(id, decode_v1_entry(&v)?);
                 continue;
             }
             decode_command_group(&v, &mut f)?;
         }
         Ok(())
+    }
+
+    /// The idempotency entry of `command_id`, whose last event is `last_seq`: found in the group record
+    /// covering `last_seq` (the greatest group key ≤ it), or under the first build's one-key-per-command layout.
+    /// `None` if neither holds that id (the in-memory index matched only a hash prefix of another id).
+    pub fn command_entry(&self, command_id: &str, last_seq: u64) -> Result<Option<CommandEntry>, StoreError> {
+        let lo = key(b'C', &0u64.to_be_bytes());
+        let hi = key(b'C', &last_seq.to_be_bytes());
+        let open = self.open_db()?;
+        if let Some(r) = open.tree.range(lo..=hi).next_back() {
+            let (_, v) = r?;
+            let mut found = None;
+            decode_command_group(&v, |id, e| {
+                if found.is_none() && id == command_id {
+                    found = Some(e);
+                }
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        // The first build's layout: `C ‖ command id` → 48 bytes (see `for_each_command`). Its keys never fall in
+        // the range above: ids are printable ASCII, group keys start with the seq's zero high byte.
+        match open.tree.get(key(b'C', command_id.as_bytes()))? {
+            Some(v) if v.len() == V1_ENTRY_LEN => decode_v1_entry(&v).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The block containing `seq` (greatest first seq ≤ seq).

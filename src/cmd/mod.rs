@@ -1,5 +1,6 @@
 //! Subcommands. Each is a thin call into the libraries plus rendering (human or `--json`).
 
+mod agent;
 mod bench;
 mod config;
 mod ledger_tools;
@@ -43,6 +44,9 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent on a device: heartbeats with GPU telemetry through an on-disk outbox
+    /// (`agent --server URL --bundle DIR`), or `agent status` to show the outbox.
+    Agent(agent::AgentArgs),
     /// Open the store and serve until Ctrl-C.
     Serve(serve::ServeArgs),
     /// Submit commands (JSON: one submission, an array, or one per line) to the local data directory.
@@ -89,6 +93,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.global)?;
     match cli.command {
+        Command::Agent(a) => agent::run(&cli.global, a),
         Command::Serve(a) => serve::run(&config, a),
         Command::Submit(a) => ledger_tools::submit(&config, &cli.global, a),
         Command::Log(a) => ledger_tools::log(&config, &cli.global, a),
