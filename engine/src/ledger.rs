@@ -788,7 +788,7 @@ impl<'a> Writer<'a> {
                 return refuse(requests, SubmitError::Broken(why));
             }
         }
-        // A nudge from `retry_storage` (no items, no signing): the reopen above was all it asked for.
+        // Nothing to decide (`warm_up`, or a nudge from `retry_storage`, whose reopen above was all it asked for).
         if requests.iter().all(|r| r.items.is_empty() && r.sign_now.is_none()) {
             for r in requests {
                 let _ = r.reply.send(Vec::new());

@@ -339,8 +339,9 @@ impl Store {
         for (seq, bytes) in batch.blocks {
             b.insert(&block_key(seq), bytes);
         }
-        if let Some((_, first)) = batch.commands.first() {
-            b.insert(key(b'C', &first.first_seq.to_be_bytes()), encode_command_group(&batch.commands));
+        // Keyed by the group's lowest first seq, so the group covering a seq is the greatest key ≤ it.
+        if let Some(lowest) = batch.commands.iter().map(|(_, e)| e.first_seq).min() {
+            b.insert(key(b'C', &lowest.to_be_bytes()), encode_command_group(&batch.commands));
         }
         for (level, index, bytes) in batch.tiles {
             b.insert(&tile_key(level, index), bytes);
@@ -400,10 +401,21 @@ impl Store {
         }
         // The first build's layout: `C ‖ command id` → 48 bytes (see `for_each_command`). Its keys never fall in
         // the range above: ids are printable ASCII, group keys start with the seq's zero high byte.
-        match open.tree.get(key(b'C', command_id.as_bytes()))? {
-            Some(v) if v.len() == V1_ENTRY_LEN => decode_v1_entry(&v).map(Some),
-            _ => Ok(None),
+        if let Some(v) = open.tree.get(key(b'C', command_id.as_bytes()))? {
+            if v.len() == V1_ENTRY_LEN {
+                return decode_v1_entry(&v).map(Some);
+            }
         }
+        drop(open);
+        // Not where it should be: an index prefix shared with another id (about one in ten million), or an
+        // import by an earlier build, which keyed its one group by an arbitrary entry. Look everywhere.
+        let mut found = None;
+        self.for_each_command(|id, e| {
+            if found.is_none() && id == command_id && e.last_seq == last_seq {
+                found = Some(e);
+            }
+        })?;
+        Ok(found)
     }
 
     /// The block containing `seq` (greatest first seq ≤ seq).
