@@ -10,6 +10,7 @@
 //! `HWLEDGER_CONCURRENCY_SERVER_TASKS` (default 16) and `HWLEDGER_CONCURRENCY_SERVER_COMMANDS` (per task,
 //! default 300). Figures: `RELIABILITY concurrency.server.*` lines (run with `--nocapture`).
 
+#[path = "stress/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

@@ -12,6 +12,7 @@
 //! `HWLEDGER_CRASH_KILLS=N` (default 5), `HWLEDGER_CRASH_SEED`, `HWLEDGER_CRASH_CLIENTS` (default 32).
 //! Figures: `RELIABILITY crash.*` lines (run with `--nocapture`).
 
+#[path = "stress/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

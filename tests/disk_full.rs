@@ -8,6 +8,7 @@
 //!
 //! Figures: `RELIABILITY diskfull.server.*` lines (run with `--nocapture`).
 
+#[path = "stress/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

@@ -12,6 +12,7 @@
 //!
 //! Figures: `RELIABILITY hostile.<attack>.*` lines (run with `--nocapture`).
 
+#[path = "stress/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
