@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs the system packages the tests use (real sshd, openssl,
-# curl, promtool, python3, headless chromium for the dashboard test), then runs fmt, clippy and every
-# test of the workspace.
-# Usage: scripts/test.sh            (set HWLEDGER_SLOW_TESTS=1 for the long crash/fuzz-style runs)
+# curl, promtool, python3, headless chromium for the dashboard test, mount/df for the disk-full tests), then
+# runs fmt, clippy and every test of the workspace.
+# Usage: scripts/test.sh            (set HWLEDGER_SLOW_TESTS=1 for the long crash/fuzz-style runs;
+#                                    scripts/reliability.sh runs the reliability tests and writes their figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v tar >/dev/null 2>&1 || need+=(tar)
 # The dashboard test renders the page in Debian's chromium (large: only if absent); DejaVu so text renders.
 [ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)
+# The disk-full tests mount a small tmpfs (as root) and read free space with df.
+command -v mount >/dev/null 2>&1 || need+=(mount)
+command -v df >/dev/null 2>&1 || need+=(coreutils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -11,9 +11,15 @@
 //!    when due in **one atomic sled batch**, then flush and fdatasync ([`Store::commit`]);
 //! 5. only then answer every submitter and publish the events to live-tail subscribers.
 //!
-//! If step 4 fails nothing is acknowledged, the in-memory state is reloaded from disk, and the ledger keeps
-//! serving: a full disk gives errors until space is freed, never a half-written or unacknowledged-but-durable
-//! surprise (a batch either landed whole, and is found by seq after reload, or not at all).
+//! If step 4 fails nothing is acknowledged. sled's first write error is sticky and its memory may hold the batch
+//! that failed, so the writer **reopens the store** (closing sled and recovering it from disk) and reloads the
+//! decision state, the idempotency index, the Merkle edge, the head and the checkpoint from what is really on
+//! disk, all before any reader sees the state again. A batch either landed whole (and a retry with the same
+//! command id gets its receipt as a duplicate) or not at all. If the reopen fails too, the ledger is
+//! *unavailable*: the state is emptied (so nothing can be authorised from a state that is not on disk) and
+//! every later group first tries the reopen again, so a full disk gives `storage_unavailable` errors until
+//! space is freed and then recovers by itself. A failed fdatasync is different: Linux may already have dropped
+//! the pages it could not write, so the ledger refuses writes until restarted (fail-stop, as PostgreSQL does).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -195,8 +201,12 @@ struct Shared {
     ids: Mutex<IdIndex>,
     tiles: RwLock<TileBuilder>,
     head: RwLock<Head>,
-    /// Set when the chain failed its check at open: the ledger serves reads but refuses writes.
-    broken: Option<String>,
+    /// Set when the chain failed its check at open (or an fdatasync failed): the ledger serves reads but
+    /// refuses writes.
+    broken: RwLock<Option<String>>,
+    /// Set while the store could not be reopened after a failed commit: every access is refused until a later
+    /// group's reopen succeeds.
+    unavailable: RwLock<Option<String>>,
     tail: tokio::sync::broadcast::Sender<Arc<Vec<CommittedEvent>>>,
     /// The latest signed checkpoint: (tree size, note text).
     checkpoint: RwLock<Option<(u64, String)>>,
@@ -232,12 +242,13 @@ impl Ledger {
             ids: Mutex::new(IdIndex::default()),
             tiles: RwLock::new(loaded.tiles),
             head: RwLock::new(loaded.head),
-            broken: loaded.broken,
+            broken: RwLock::new(loaded.broken),
+            unavailable: RwLock::new(None),
             tail,
             checkpoint: RwLock::new(loaded.checkpoint),
             options,
         });
-        if let Some(why) = &shared.broken {
+        if let Some(why) = shared.broken.read().as_deref() {
             tracing::error!(dir = %dir.display(), "ledger chain check failed, writes refused: {why}");
         }
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
@@ -273,6 +284,19 @@ impl Ledger {
         Ticket(rx)
     }
 
+    /// While the ledger is [unavailable](Ledger::unavailable), asks the writer to try reopening the store now,
+    /// without waiting (a reader that refuses requests meanwhile must call this, or nothing would ever retry).
+    /// Requests queued together are handled as one attempt. No-op otherwise.
+    pub fn retry_storage(&self) {
+        if self.shared.unavailable.read().is_none() {
+            return;
+        }
+        let (reply, _) = tokio::sync::oneshot::channel();
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.send(Request { items: Vec::new(), reply, sign_now: None });
+        }
+    }
+
     /// Submits one command and waits (blocking) for its outcome.
     pub fn submit(&self, submission: Submission, ctx: Context) -> Result<Outcome, SubmitError> {
         self.submit_many(vec![(submission, ctx)]).wait().pop().unwrap_or(Err(SubmitError::Closed))
@@ -289,8 +313,14 @@ impl Ledger {
     }
 
     /// Why the ledger refuses writes, if it does.
-    pub fn broken(&self) -> Option<&str> {
-        self.shared.broken.as_deref()
+    pub fn broken(&self) -> Option<String> {
+        self.shared.broken.read().clone()
+    }
+
+    /// Why the ledger cannot serve at all right now, if it cannot: its store failed and could not be reopened
+    /// yet (the decision state is empty meanwhile). Clears by itself once a later submission's reopen works.
+    pub fn unavailable(&self) -> Option<String> {
+        self.shared.unavailable.read().clone()
     }
 
     /// A copy of the decision state (for tests and tools; projections are the read models).
@@ -369,8 +399,11 @@ impl Ledger {
             None => return Err(SubmitError::Closed),
         }
         rx.blocking_recv().map_err(|_| SubmitError::Closed)?;
-        if let Some(why) = &self.shared.broken {
-            return Err(SubmitError::Broken(why.clone()));
+        if let Some(why) = self.broken() {
+            return Err(SubmitError::Broken(why));
+        }
+        if let Some(why) = self.unavailable() {
+            return Err(SubmitError::Storage(why));
         }
         Ok(self.latest_checkpoint())
     }
@@ -381,7 +414,7 @@ impl Ledger {
         if let Some(w) = self.writer.lock().take() {
             let _ = w.join();
         }
-        if self.shared.broken.is_none() {
+        if self.shared.broken.read().is_none() && self.shared.unavailable.read().is_none() {
             let state = self.shared.state.read();
             let batch = CommitBatch { snapshot: Some(snapshot_bytes(&state)), ..CommitBatch::default() };
             self.shared.store.commit(batch)?;
@@ -637,6 +670,24 @@ fn load(store: &Store) -> Result<Loaded, OpenError> {
     Ok(Loaded { state, tiles, head, broken, checkpoint })
 }
 
+/// Reopens the store and reloads everything the writer keeps in memory from what is on disk. Called with the
+/// state and id locks held, so no reader sees a state between the failure and the reload.
+fn recover(shared: &Shared, state: &mut State, ids: &mut IdIndex) -> Result<(), String> {
+    shared.store.reopen().map_err(|e| format!("reopening the store: {e}"))?;
+    let loaded = load(&shared.store).map_err(|e| format!("reloading the ledger: {e}"))?;
+    *ids = load_ids(&shared.store, loaded.head.seq).map_err(|e| format!("reloading the idempotency index: {e}"))?;
+    *state = loaded.state;
+    *shared.tiles.write() = loaded.tiles;
+    *shared.head.write() = loaded.head;
+    *shared.checkpoint.write() = loaded.checkpoint;
+    if let Some(why) = loaded.broken {
+        tracing::error!("after reopening, the chain check failed, writes refused: {why}");
+        *shared.broken.write() = Some(why);
+    }
+    *shared.unavailable.write() = None;
+    Ok(())
+}
+
 fn submission_digest(sub: &Submission, ctx: &Context) -> Hash {
     let mut h = Sha256::new();
     h.update(encode_value(&(&sub.command, sub.expected_version, &ctx.actor)));
@@ -717,15 +768,28 @@ impl<'a> Writer<'a> {
 
     fn process(&mut self, requests: Vec<Request>) {
         let shared = self.shared;
-        if let Some(why) = shared.broken.as_ref().or(self.ids_unavailable.as_ref()) {
+        let refuse = |requests: Vec<Request>, err: SubmitError| {
             for r in requests {
                 let n = r.items.len();
-                let _ = r.reply.send(vec![Err(SubmitError::Broken(why.clone())); n]);
+                let _ = r.reply.send(vec![Err(err.clone()); n]);
             }
-            return;
+        };
+        if let Some(why) = shared.broken.read().clone().or_else(|| self.ids_unavailable.clone()) {
+            return refuse(requests, SubmitError::Broken(why));
         }
+        if shared.unavailable.read().is_some() {
+            let mut state = shared.state.write();
+            let mut ids = shared.ids.lock();
+            if let Err(why) = recover(shared, &mut state, &mut ids) {
+                return refuse(requests, SubmitError::Storage(why));
+            }
+            tracing::info!(head = shared.head.read().seq, "storage is back: store reopened and state reloaded");
+            if let Some(why) = shared.broken.read().clone() {
+                return refuse(requests, SubmitError::Broken(why));
+            }
+        }
+        // Nothing to decide (`warm_up`, or a nudge from `retry_storage`, whose reopen above was all it asked for).
         if requests.iter().all(|r| r.items.is_empty() && r.sign_now.is_none()) {
-            // Nothing to decide (e.g. `warm_up`): no group, no checkpoint, no clock reading to go by.
             for r in requests {
                 let _ = r.reply.send(Vec::new());
             }
@@ -894,6 +958,7 @@ impl<'a> Writer<'a> {
         let mut new_checkpoint = None;
         if let Some(signer) = &shared.options.signer {
             let last_size = shared.checkpoint.read().as_ref().map_or(0, |c| c.0);
+            // `latest_now` is i64::MIN for a group without items or a signing request: never due then.
             let due = self
                 .last_checkpoint_at
                 .is_none_or(|t| latest_now.saturating_sub(t) >= shared.options.checkpoint_interval_ms);
@@ -963,15 +1028,23 @@ impl<'a> Writer<'a> {
             }
             Err(e) => {
                 tracing::error!("group commit failed, nothing acknowledged: {e}");
-                // Reload what is really on disk so the next group decides against the truth.
-                match load(&shared.store).and_then(|l| Ok((load_ids(&shared.store, l.head.seq)?, l))) {
-                    Ok((reloaded_ids, l)) => {
-                        *ids = reloaded_ids;
-                        *state = l.state;
-                        *shared.tiles.write() = l.tiles;
-                        *shared.head.write() = l.head;
+                if matches!(&e, StoreError::Io { op: "fdatasync", .. }) {
+                    *shared.broken.write() = Some(format!(
+                        "{e}: the kernel may have dropped pages it could not write, so later writes could not be \
+                         trusted; check the disk, restart the server and run `hwledger verify`"
+                    ));
+                }
+                // The state (and sled's memory) may hold this group: reopen and reload what is really on disk
+                // before anyone reads the state again (the locks are still held).
+                match recover(shared, &mut state, &mut ids) {
+                    Ok(()) => tracing::info!(head = shared.head.read().seq, "store reopened after the failed commit"),
+                    Err(why) => {
+                        tracing::error!("storage unavailable until a reopen succeeds: {why}");
+                        // Nothing may be decided or authorised from a state that is not on disk.
+                        *state = State::default();
+                        *ids = IdIndex::default();
+                        *shared.unavailable.write() = Some(why);
                     }
-                    Err(e2) => tracing::error!("reloading after failed commit: {e2}"),
                 }
                 drop(ids);
                 drop(state);

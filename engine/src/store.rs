@@ -12,6 +12,12 @@
 //! | `M` ‖ name | metadata (`verified`: the last verified seq and hash) |
 //! | `S` | snapshot of the decision state (a cache: bincode of the state, which records its own last seq) |
 //!
+//! After a failed commit sled refuses every later write (its first I/O error is sticky) and its in-memory view
+//! may hold the batch that did not reach the disk, so [`Store::reopen`] closes the database and opens it again
+//! from what is really on disk; the ledger does that after every failed commit (see `ledger.rs`). While it is
+//! closed every access fails with [`StoreError::Unavailable`]. Iterators that outlive a reopen keep the old
+//! database alive until they are dropped.
+//!
 //! Storing each group commit as one block (instead of one key per event) is what makes sled fast enough:
 //! sled's per-key cost, not hashing, bounds ingest. An event is found by seq with one reverse range lookup
 //! (the block with the greatest first seq ≤ seq). Blocks are capped at [`MAX_BLOCK_BYTES`] so that sled pages
@@ -19,6 +25,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::chain::Hash;
 
@@ -53,6 +63,9 @@ pub enum StoreError {
     /// Stored bytes are not in the expected layout.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The database is closed while it is reopened after a storage failure (retry later).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// One event as framed in a block.
@@ -219,19 +232,35 @@ fn tile_key(level: u8, index: u64) -> [u8; 10] {
     k
 }
 
-/// The ledger's sled database.
+/// The ledger's sled database. The open database sits behind a lock so that [`Store::reopen`] can replace it.
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    /// The open database; `None` while closed for a reopen (or after a reopen failed).
+    open: RwLock<Option<Arc<Instance>>>,
+    /// Serialises reopens.
+    reopening: Mutex<()>,
+}
+
+/// One open instance of the database.
+struct Instance {
     db: sled::Db,
     tree: sled::Tree,
     /// sled's data file, fdatasynced after every flush: sled's own flush ends in `sync_file_range`, which
     /// neither flushes the disk's write cache nor persists the file size (DEPENDENCIES.md).
     data_file: File,
-    dir: PathBuf,
 }
+
+/// Longest [`Store::reopen`] waits for readers of the old database (iterators in flight) to finish. sled holds
+/// an exclusive file lock until the last handle is dropped, so the new instance cannot open before.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+        f.debug_struct("Store").field("dir", &self.shared.dir).finish()
     }
 }
 
@@ -244,28 +273,68 @@ impl Store {
         let io = |op, source| StoreError::Io { op, path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(|e| io("create data directory", e))?;
         set_private_dir(dir).map_err(|e| io("restrict data directory permissions", e))?;
-        let db = open_with_lock_retry(dir)?;
-        let tree = db.open_tree(TREE)?;
-        let data_path = dir.join("db");
-        let data_file = File::open(&data_path).map_err(|source| StoreError::Io {
-            op: "open sled data file",
-            path: data_path.clone(),
-            source,
-        })?;
+        let open = Instance::open(dir)?;
         // Make the data file's directory entry durable once.
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        Ok(Store { db, tree, data_file, dir: dir.to_path_buf() })
+        Ok(Store {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                open: RwLock::new(Some(Arc::new(open))),
+                reopening: Mutex::new(()),
+            }),
+        })
     }
 
     /// The data directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
+    }
+
+    fn open_db(&self) -> Result<Arc<Instance>, StoreError> {
+        self.shared.current()
+    }
+
+    /// Whether the database is open (false between a failed commit and a successful [`Store::reopen`]).
+    pub fn is_open(&self) -> bool {
+        self.shared.open.read().is_some()
+    }
+
+    /// Closes the database and opens it again from disk, discarding whatever sled holds in memory that did not
+    /// reach the disk. Waits (bounded) for readers of the old instance to finish. On failure the store stays
+    /// closed (every access fails with [`StoreError::Unavailable`]) and a later call tries again.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let _one = self.shared.reopening.lock();
+        let old = self.shared.open.write().take();
+        if let Some(old) = old {
+            let mut waited = Duration::ZERO;
+            let step = Duration::from_millis(10);
+            let mut old = Some(old);
+            while let Some(o) = old.take() {
+                match Arc::try_unwrap(o) {
+                    Ok(open) => drop(open),
+                    Err(o) if waited < REOPEN_WAIT => {
+                        old = Some(o);
+                        std::thread::sleep(step);
+                        waited += step;
+                    }
+                    Err(_) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "readers of the old database did not finish within {REOPEN_WAIT:?}; retrying later"
+                        )));
+                    }
+                }
+            }
+        }
+        let open = Instance::open(&self.shared.dir)?;
+        *self.shared.open.write() = Some(Arc::new(open));
+        Ok(())
     }
 
     /// Applies a batch atomically and makes it durable: sled flush, then fdatasync of the data file.
     pub fn commit(&self, batch: CommitBatch) -> Result<(), StoreError> {
+        let open = self.open_db()?;
         let mut b = sled::Batch::default();
         for (seq, bytes) in batch.blocks {
             b.insert(&block_key(seq), bytes);
@@ -286,23 +355,19 @@ impl Store {
         if let Some(s) = batch.snapshot {
             b.insert(&b"S"[..], s);
         }
-        self.tree.apply_batch(b)?;
-        self.sync()
+        open.tree.apply_batch(b)?;
+        open.sync(&self.shared.dir)
     }
 
     /// Flushes sled and fdatasyncs its data file.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.data_file.sync_data().map_err(|source| StoreError::Io {
-            op: "fdatasync",
-            path: self.dir.join("db"),
-            source,
-        })
+        self.open_db()?.sync(&self.shared.dir)
     }
 
     /// Every stored idempotency group, in seq order: `f(id, entry)` per entry.
     pub fn for_each_command(&self, mut f: impl FnMut(&str, CommandEntry)) -> Result<(), StoreError> {
-        for r in self.tree.scan_prefix([b'C']) {
+        let open = self.open_db()?;
+        for r in open.tree.scan_prefix([b'C']) {
             let (k, v) = r?;
             if v.len() == V1_ENTRY_LEN {
                 let id =
@@ -321,7 +386,8 @@ impl Store {
     pub fn command_entry(&self, command_id: &str, last_seq: u64) -> Result<Option<CommandEntry>, StoreError> {
         let lo = key(b'C', &0u64.to_be_bytes());
         let hi = key(b'C', &last_seq.to_be_bytes());
-        if let Some(r) = self.tree.range(lo..=hi).next_back() {
+        let open = self.open_db()?;
+        if let Some(r) = open.tree.range(lo..=hi).next_back() {
             let (_, v) = r?;
             let mut found = None;
             decode_command_group(&v, |id, e| {
@@ -335,11 +401,12 @@ impl Store {
         }
         // The first build's layout: `C ‖ command id` → 48 bytes (see `for_each_command`). Its keys never fall in
         // the range above: ids are printable ASCII, group keys start with the seq's zero high byte.
-        if let Some(v) = self.tree.get(key(b'C', command_id.as_bytes()))? {
+        if let Some(v) = open.tree.get(key(b'C', command_id.as_bytes()))? {
             if v.len() == V1_ENTRY_LEN {
                 return decode_v1_entry(&v).map(Some);
             }
         }
+        drop(open);
         // Not where it should be: an index prefix shared with another id (about one in ten million), or an
         // import by an earlier build, which keyed its one group by an arbitrary entry. Look everywhere.
         let mut found = None;
@@ -354,7 +421,7 @@ impl Store {
     /// The block containing `seq` (greatest first seq ≤ seq).
     pub fn block_containing(&self, seq: u64) -> Result<Option<RawBlock>, StoreError> {
         let hi = block_key(seq);
-        match self.tree.range(&block_key(0)[..]..=&hi[..]).next_back() {
+        match self.open_db()?.tree.range(&block_key(0)[..]..=&hi[..]).next_back() {
             None => Ok(None),
             Some(r) => {
                 let (k, v) = r?;
@@ -365,10 +432,16 @@ impl Store {
 
     /// Blocks in seq order whose first seq ≥ `from` (use [`Store::block_containing`] for the one before).
     pub fn blocks_from(&self, from: u64) -> impl Iterator<Item = Result<RawBlock, StoreError>> + use<> {
-        self.tree.range(&block_key(from)[..]..=&block_key(u64::MAX)[..]).map(|r| {
-            let (k, v) = r?;
-            Ok((parse_block_key(&k)?, v))
-        })
+        let (open, closed) = split_open(self.open_db());
+        closed.into_iter().map(Err).chain(open.into_iter().flat_map(move |open| {
+            let range = open.tree.range(&block_key(from)[..]..=&block_key(u64::MAX)[..]);
+            // The iterator keeps its database instance alive (a reopen waits for it).
+            range.map(move |r| {
+                let _instance = &open;
+                let (k, v) = r?;
+                Ok((parse_block_key(&k)?, v))
+            })
+        }))
     }
 
     /// The last block.
@@ -378,36 +451,36 @@ impl Store {
 
     /// A full Merkle tile.
     pub fn tile(&self, level: u8, index: u64) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(tile_key(level, index))?)
+        Ok(self.open_db()?.tree.get(tile_key(level, index))?)
     }
 
     /// All stored full tiles in key order: `(level, index, bytes)`.
     pub fn tiles(&self) -> impl Iterator<Item = Result<(u8, u64, sled::IVec), StoreError>> + use<> {
-        self.tree.scan_prefix([b'T']).map(|r| {
-            let (k, v) = r?;
-            if k.len() != 10 {
-                return Err(StoreError::Corrupt("tile key of wrong length".into()));
-            }
-            let index = u64::from_be_bytes(k[2..10].try_into().map_err(|_| StoreError::Corrupt("tile key".into()))?);
-            Ok((k[1], index, v))
-        })
+        let (open, closed) = split_open(self.open_db());
+        closed.into_iter().map(Err).chain(open.into_iter().flat_map(|open| {
+            let scan = open.tree.scan_prefix([b'T']);
+            scan.map(move |r| {
+                let _instance = &open;
+                tile_entry(r)
+            })
+        }))
     }
 
     /// A metadata value.
     pub fn meta(&self, name: &str) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(key(b'M', name.as_bytes()))?)
+        Ok(self.open_db()?.tree.get(key(b'M', name.as_bytes()))?)
     }
 
     /// The decision-state snapshot.
     pub fn snapshot(&self) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(b"S")?)
+        Ok(self.open_db()?.tree.get(b"S")?)
     }
 
     /// The stored checkpoint with the greatest tree size ≤ `size`.
     pub fn checkpoint_at_or_before(&self, size: u64) -> Result<Option<(u64, String)>, StoreError> {
         let lo = key(b'K', &0u64.to_be_bytes());
         let hi = key(b'K', &size.to_be_bytes());
-        match self.tree.range(lo..=hi).next_back() {
+        match self.open_db()?.tree.range(lo..=hi).next_back() {
             None => Ok(None),
             Some(r) => {
                 let (k, v) = r?;
@@ -425,24 +498,64 @@ impl Store {
 
     /// Bytes the data directory takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.open_db()?.db.size_on_disk()?)
     }
 
-    /// Opens another sled tree in the same database (for projections, which keep their state beside the log).
-    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
-    }
-
-    /// Drops a tree opened with [`Store::open_tree`].
+    /// Drops another tree of the database (earlier builds kept projection checkpoints in trees).
     pub fn drop_tree(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.db.drop_tree(name)?)
+        Ok(self.open_db()?.db.drop_tree(name)?)
     }
 
     /// Test and forensics support: overwrite or delete raw entries of the log tree (used only by tamper tests
     /// and the `testing` feature; the ledger never calls it).
     #[doc(hidden)]
-    pub fn raw_tree(&self) -> &sled::Tree {
-        &self.tree
+    pub fn raw_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.open_db()?.tree.clone())
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Result<Arc<Instance>, StoreError> {
+        self.open
+            .read()
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the database is being reopened after a storage failure".to_owned()))
+    }
+}
+
+impl Instance {
+    fn open(dir: &Path) -> Result<Instance, StoreError> {
+        let db = open_with_lock_retry(dir)?;
+        let tree = db.open_tree(TREE)?;
+        let data_path = dir.join("db");
+        let data_file = File::open(&data_path).map_err(|source| StoreError::Io {
+            op: "open sled data file",
+            path: data_path.clone(),
+            source,
+        })?;
+        Ok(Instance { db, tree, data_file })
+    }
+
+    fn sync(&self, dir: &Path) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.data_file.sync_data().map_err(|source| StoreError::Io { op: "fdatasync", path: dir.join("db"), source })
+    }
+}
+
+fn tile_entry(r: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(u8, u64, sled::IVec), StoreError> {
+    let (k, v) = r?;
+    if k.len() != 10 {
+        return Err(StoreError::Corrupt("tile key of wrong length".into()));
+    }
+    let index = u64::from_be_bytes(k[2..10].try_into().map_err(|_| StoreError::Corrupt("tile key".into()))?);
+    Ok((k[1], index, v))
+}
+
+/// `Ok(open)` → `(Some(open), None)`; `Err(e)` → `(None, Some(e))`.
+fn split_open(r: Result<Arc<Instance>, StoreError>) -> (Option<Arc<Instance>>, Option<StoreError>) {
+    match r {
+        Ok(o) => (Some(o), None),
+        Err(e) => (None, Some(e)),
     }
 }
 

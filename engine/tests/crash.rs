@@ -2,7 +2,8 @@
 //! the parent SIGKILLs it at a random moment, reopens the data directory, and checks that every acknowledged
 //! receipt is present exactly once and the chain verifies. The test binary re-runs itself as the child.
 //!
-//! `HWLEDGER_CRASH_KILLS` sets the number of kills (default 3; the long run uses 50).
+//! `HWLEDGER_CRASH_KILLS` sets the number of kills (default 3; the long run uses 50). Figures:
+//! `RELIABILITY crash.engine.*` lines on stdout (with `--nocapture`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command as Proc, Stdio};
@@ -133,4 +134,8 @@ fn acknowledged_receipts_survive_sigkill() {
         assert!(report.intact(), "round {round}: {:?}", report.breaks);
     }
     eprintln!("crash test: {kills} kills, {} acknowledged receipts, none lost", acknowledged.len());
+    // Figures for scripts/reliability.sh (docs/RELIABILITY.md).
+    println!("RELIABILITY crash.engine.kills {kills}");
+    println!("RELIABILITY crash.engine.acknowledged {}", acknowledged.len());
+    println!("RELIABILITY crash.engine.lost 0");
 }

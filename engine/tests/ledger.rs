@@ -147,7 +147,7 @@ fn raw_bodies(store: &Store) -> Vec<Vec<u8>> {
 /// Rewrites the store's blocks as one list of (body, hash) pairs in single-event blocks.
 fn rewrite(dir: &Path, f: impl FnOnce(&mut Vec<(Vec<u8>, Hash)>)) {
     let store = Store::open(dir).unwrap();
-    let tree = store.raw_tree();
+    let tree = store.raw_tree().unwrap();
     let mut events = Vec::new();
     let keys: Vec<_> = tree.scan_prefix(b"B").map(|r| r.unwrap()).collect();
     for (k, v) in &keys {
@@ -284,8 +284,8 @@ fn opened_ledger_refuses_writes_when_chain_since_verified_point_is_broken() {
     });
     {
         let store = Store::open(dir.path()).unwrap();
-        store.raw_tree().remove(b"Mverified").unwrap();
-        store.raw_tree().remove(b"S").unwrap();
+        store.raw_tree().unwrap().remove(b"Mverified").unwrap();
+        store.raw_tree().unwrap().remove(b"S").unwrap();
         store.sync().unwrap();
     }
     let ledger = Ledger::open(dir.path(), options()).unwrap();

@@ -60,6 +60,9 @@ const HEADER_LEN: usize = 1 + 4 + 8 + 32;
 const CHUNK: usize = 4096;
 /// How often a follower blocked on the live tail checks its shutdown flag.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
+/// Longest pause of a follower between retries of a log read that failed (e.g. while the store is reopened
+/// after a full disk).
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The four read models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -225,6 +228,9 @@ struct Slot {
     loaded_seq: u64,
     /// Why the checkpoint was not used, if it was not.
     rebuilt: Option<String>,
+    /// After a checkpoint write failed (a full disk), the next attempt waits until this seq, so a failing
+    /// disk costs an occasional retry instead of encoding the state on every event.
+    retry_persist_at: u64,
 }
 
 /// Status of one projection, for `hwledger projections status` and metrics.
@@ -268,23 +274,27 @@ impl Live {
         record: &EventRecord,
         files: &[CheckpointFile; 4],
         persist_every: u64,
-    ) -> Result<Result<(), Gap>, ProjectionError> {
+    ) -> Result<(), Gap> {
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if seq <= slot.seq {
                 continue;
             }
             if seq != slot.seq + 1 {
-                return Ok(Err(Gap));
+                return Err(Gap);
             }
             let p = self.projections.get_mut(i);
             p.apply(record);
             slot.seq = seq;
             slot.hash = *hash;
-            if slot.seq - slot.persisted_seq >= persist_every {
-                persist_slot(&files[i], ProjectionName::ALL[i], p, slot)?;
+            if slot.seq - slot.persisted_seq >= persist_every && slot.seq >= slot.retry_persist_at {
+                // A checkpoint is a cache: failing to write one must not stop the read model from following.
+                if let Err(e) = persist_slot(&files[i], ProjectionName::ALL[i], p, slot) {
+                    slot.retry_persist_at = slot.seq + (persist_every / 8).max(1);
+                    tracing::warn!(projection = %ProjectionName::ALL[i], seq, "{e}; retrying later");
+                }
             }
         }
-        Ok(Ok(()))
+        Ok(())
     }
 }
 
@@ -304,6 +314,7 @@ fn persist_slot(
     // and state and seq never disagree.
     file.write(&[&header, &state]).map_err(|source| persist_error("writing", name, file, source))?;
     slot.persisted_seq = slot.seq;
+    slot.retry_persist_at = 0;
     // Operators see checkpoints with HWLEDGER_LOG=debug; the catch-up kill test parses this line.
     tracing::debug!(projection = %name, seq = slot.seq, "projection checkpoint written");
     Ok(())
@@ -363,7 +374,10 @@ fn load<P: Projection + Default>(
 ) -> Result<(P, Slot), ProjectionError> {
     let fresh = |why: String| {
         tracing::info!(projection = %name, "rebuilding from the log: {why}");
-        (P::default(), Slot { seq: 0, hash: [0; 32], persisted_seq: 0, loaded_seq: 0, rebuilt: Some(why) })
+        (
+            P::default(),
+            Slot { seq: 0, hash: [0; 32], persisted_seq: 0, loaded_seq: 0, rebuilt: Some(why), retry_persist_at: 0 },
+        )
     };
     let value = match file.read().map_err(|source| persist_error("reading", name, file, source))? {
         None => return Ok(fresh("no checkpoint".to_owned())),
@@ -395,6 +409,7 @@ fn load<P: Projection + Default>(
                 persisted_seq: header.seq,
                 loaded_seq: header.seq,
                 rebuilt: None,
+                retry_persist_at: 0,
             },
         )),
         Err(e) => Ok(fresh(format!("checkpoint unreadable: {e}"))),
@@ -535,14 +550,11 @@ impl Projector {
     }
 
     /// Applies a run of events under one write lock. `Err(Gap)` if one was beyond some projection's next seq.
-    fn apply_run<'a>(
-        &self,
-        events: impl Iterator<Item = (u64, &'a Hash, &'a EventRecord)>,
-    ) -> Result<Result<(), Gap>, ProjectionError> {
+    fn apply_run<'a>(&self, events: impl Iterator<Item = (u64, &'a Hash, &'a EventRecord)>) -> Result<(), Gap> {
         let mut live = self.live.write();
         let mut outcome = Ok(());
         for (seq, hash, record) in events {
-            outcome = live.apply(seq, hash, record, &self.files, self.options.persist_every)?;
+            outcome = live.apply(seq, hash, record, &self.files, self.options.persist_every);
             if outcome.is_err() {
                 break;
             }
@@ -550,11 +562,18 @@ impl Projector {
         // Published under the lock: two appliers racing must not publish their seqs out of order.
         self.publish_applied(live.min_seq());
         drop(live);
-        Ok(outcome)
+        outcome
     }
 
     /// Applies every event the store has beyond each projection's seq. Returns the seq all have applied.
+    /// With a live ledger writing to the store, use [`Projector::catch_up_to`] with its durable head instead:
+    /// the store may briefly hold a group whose commit has not (yet, or ever) completed.
     pub fn catch_up(&self, store: &Store) -> Result<u64, ProjectionError> {
+        self.catch_up_to(store, u64::MAX)
+    }
+
+    /// [`Projector::catch_up`], applying no event beyond seq `until`.
+    pub fn catch_up_to(&self, store: &Store, until: u64) -> Result<u64, ProjectionError> {
         let from = self.live.read().min_seq() + 1;
         let mut chunk: Vec<(u64, Hash, EventRecord)> = Vec::with_capacity(CHUNK);
         let mut failure: Option<ProjectionError> = None;
@@ -562,12 +581,12 @@ impl Projector {
             let run = self.apply_run(chunk.iter().map(|(s, h, r)| (*s, h, r)));
             chunk.clear();
             // Events from the store are contiguous from the lowest seq: a gap here means the log has one.
-            match run? {
+            match run {
                 Ok(()) => Ok(()),
                 Err(Gap) => Err(ReadError::Gap { expected: self.applied_seq() + 1, found: 0 }.into()),
             }
         };
-        let read = for_each_event(store, from, u64::MAX, |e| {
+        let read = for_each_event(store, from, until, |e| {
             chunk.push((e.seq, e.hash, e.record));
             if chunk.len() >= CHUNK {
                 if let Err(err) = flush(&mut chunk) {
@@ -587,19 +606,36 @@ impl Projector {
     }
 
     /// Applies a batch from the live tail. `Err(Gap)` if it does not follow on from what was applied.
-    fn apply_committed(&self, batch: &[CommittedEvent]) -> Result<Result<(), Gap>, ProjectionError> {
+    fn apply_committed(&self, batch: &[CommittedEvent]) -> Result<(), Gap> {
         self.apply_run(batch.iter().map(|c| (c.seq, &c.hash, &c.record)))
     }
 
     /// Catches up, then applies the ledger's live tail as it is published, until `shutdown` is set (checked at
     /// least every 50 ms). Run it on a thread of its own. After a lag or a gap it re-reads the store, so no event
-    /// is missed. It does not write a final checkpoint: call [`Projector::persist`] after it returns.
+    /// is missed; it never applies an event beyond the ledger's durable head. A failed read of the log (the
+    /// store is being reopened after a full disk, say) is retried with a growing pause (at most 1 s) instead of
+    /// ending the follower. It does not write a final checkpoint: call [`Projector::persist`] after it returns.
     pub fn follow(&self, ledger: &Ledger, shutdown: &AtomicBool) -> Result<(), ProjectionError> {
         let mut rx = ledger.subscribe();
-        self.catch_up(ledger.store())?;
         let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
         let mut cx = Context::from_waker(&waker);
+        let mut behind = true;
+        let mut retry = FOLLOW_POLL;
         while !shutdown.load(Ordering::Acquire) {
+            if behind {
+                match self.catch_up_to(ledger.store(), ledger.head().seq) {
+                    Ok(_) => {
+                        behind = false;
+                        retry = FOLLOW_POLL;
+                    }
+                    Err(e) => {
+                        tracing::warn!("projections: reading the log failed ({e}); retrying in {retry:?}");
+                        std::thread::park_timeout(retry);
+                        retry = (retry * 2).min(FOLLOW_RETRY_MAX);
+                        continue;
+                    }
+                }
+            }
             let next = {
                 let mut recv = std::pin::pin!(rx.recv());
                 loop {
@@ -618,11 +654,11 @@ impl Projector {
                 None | Some(Err(RecvError::Closed)) => break,
                 Some(Err(RecvError::Lagged(missed))) => {
                     tracing::debug!(missed, "projections fell behind the live tail; reading the store");
-                    self.catch_up(ledger.store())?;
+                    behind = true;
                 }
                 Some(Ok(batch)) => {
-                    if self.apply_committed(&batch)?.is_err() {
-                        self.catch_up(ledger.store())?;
+                    if self.apply_committed(&batch).is_err() {
+                        behind = true;
                     }
                 }
             }
@@ -692,6 +728,7 @@ impl Projector {
                     persisted_seq: 0,
                     loaded_seq: 0,
                     rebuilt: Some("on command".into()),
+                    retry_persist_at: 0,
                 };
                 persist_slot(&self.files[i], *n, projections.get_mut(i), slot)?;
             }

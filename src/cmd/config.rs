@@ -6,6 +6,10 @@
 //! checkpoint_interval_ms = 1000       # bounded checkpoint staleness
 //! listen = "0.0.0.0:8443"             # HWLEDGER_LISTEN
 //! dashboard_listen = "127.0.0.1:8080" # always loopback
+//! max_connections = 1024              # per TLS listener; more are closed at once
+//! handshake_timeout_ms = 10000        # a TLS handshake must finish within this
+//! header_read_timeout_ms = 30000      # request headers (and the first request after the handshake)
+//! body_limit = 65536                  # bytes; larger request bodies get 413
 //! tailscale_bin = "tailscale"          # `discover tailscale`, --tailscale-bin
 //!
 //! [ssh]                                # defaults for agentless hosts
@@ -51,6 +55,14 @@ pub struct Config {
     pub listen: String,
     /// Dashboard listen address (loopback only).
     pub dashboard_listen: String,
+    /// Most connections open at once per TLS listener.
+    pub max_connections: usize,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout_ms: u64,
+    /// Longest a client may take to send request headers (and its first request after the handshake).
+    pub header_read_timeout_ms: u64,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: u64,
     /// The `tailscale` binary `discover tailscale` runs.
     pub tailscale_bin: PathBuf,
     /// Defaults for agentless SSH hosts.
@@ -175,6 +187,10 @@ impl Default for Config {
             checkpoint_interval_ms: 1_000,
             listen: "127.0.0.1:8443".into(),
             dashboard_listen: "127.0.0.1:8080".into(),
+            max_connections: 1024,
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 30_000,
+            body_limit: hwledger_wire::server::DEFAULT_BODY_LIMIT,
             tailscale_bin: PathBuf::from("tailscale"),
             ssh: SshSettings::default(),
             ssh_hosts: Vec::new(),

@@ -227,4 +227,14 @@ impl ReadModels for ProjectorReads {
     fn dashboard(&self) -> Result<serde_json::Value, ReadModelError> {
         to_json(self.projector.dashboard(now_ms(), HEARTBEAT))
     }
+
+    fn projections(&self, query: &ReadQuery) -> Result<serde_json::Value, ReadModelError> {
+        if let Some(k) = query.params.keys().next() {
+            return Err(ReadModelError::BadRequest(format!("unknown query parameter {k:?}; known: min_seq")));
+        }
+        // One read lock for all four, so the seqs and digests belong together.
+        let status = self.projector.status();
+        let applied_seq = status.iter().map(|s| s.applied_seq).min().unwrap_or(0);
+        Ok(serde_json::json!({ "applied_seq": applied_seq, "projections": to_json(status)? }))
+    }
 }

@@ -65,6 +65,10 @@ pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<
     };
     let mut server_config = ServerConfig::new(listen, dashboard);
     server_config.enroll_listen = args.enroll_listen;
+    server_config.max_connections = config.max_connections;
+    server_config.handshake_timeout = std::time::Duration::from_millis(config.handshake_timeout_ms);
+    server_config.header_read_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms);
+    server_config.body_limit = config.body_limit;
     let reads: Arc<dyn hwledger_wire::server::ReadModels> = Arc::new(ProjectorReads { projector: projector.clone() });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
     let result = rt.block_on(async {

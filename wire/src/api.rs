@@ -129,6 +129,9 @@ pub struct HealthResponse {
     /// Why the ledger refuses writes, if it does.
     #[serde(default)]
     pub broken: Option<String>,
+    /// Why the ledger cannot serve at all right now (its store failed and is not reopened yet), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// `GET /v1/whoami`: who the server thinks the caller is (from the certificate and its pin).

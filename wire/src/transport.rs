@@ -4,7 +4,11 @@
 //! Per connection: `accept` → connection cap (over it, the new connection is closed at once)
 //! → TLS handshake under a timeout → the peer's certificate and its SHA-256 fingerprint become
 //! a [`PeerInfo`] inserted into every request's extensions → HTTP/1.1 or HTTP/2 (hyper-util
-//! `auto`) serving `warp::service(filter)`. Handlers read the peer with [`peer()`]. Accept errors
+//! `auto`) serving `warp::service(filter)`. A peer that completes the handshake must send the
+//! head of its first request within [`TransportOptions::header_read_timeout`] too: hyper's own
+//! header timeout covers HTTP/1.1 only after hyper-util has seen enough bytes to choose the
+//! protocol, so a silent peer (or one that sends only part of the HTTP/2 preface) would
+//! otherwise hold its connection slot forever. Handlers read the peer with [`peer()`]. Accept errors
 //! back off (10 ms doubling to 1 s) instead of spinning; shutdown is graceful with a bounded
 //! wait. Counters in [`TransportStats`] are for the metrics endpoint.
 
@@ -77,6 +81,8 @@ pub struct TransportStats {
     pub handshake_failures: AtomicU64,
     /// Handshakes that did not finish within the timeout (a subset of the failures).
     pub handshake_timeouts: AtomicU64,
+    /// Connections closed because no request head arrived within the header timeout after the handshake.
+    pub first_request_timeouts: AtomicU64,
     /// Connections closed at once because the cap was reached.
     pub rejected_over_cap: AtomicU64,
     /// Failed `accept` calls (e.g. out of file descriptors).
@@ -94,6 +100,8 @@ pub struct TransportStatsSnapshot {
     pub handshake_failures: u64,
     /// See [`TransportStats::handshake_timeouts`].
     pub handshake_timeouts: u64,
+    /// See [`TransportStats::first_request_timeouts`].
+    pub first_request_timeouts: u64,
     /// See [`TransportStats::rejected_over_cap`].
     pub rejected_over_cap: u64,
     /// See [`TransportStats::accept_errors`].
@@ -108,6 +116,7 @@ impl TransportStats {
             open_connections: self.open_connections.load(Ordering::Relaxed),
             handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
             handshake_timeouts: self.handshake_timeouts.load(Ordering::Relaxed),
+            first_request_timeouts: self.first_request_timeouts.load(Ordering::Relaxed),
             rejected_over_cap: self.rejected_over_cap.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
         }
@@ -123,7 +132,8 @@ pub struct TransportOptions {
     /// Most connections open at once (handshaking or serving). Over it, new connections are
     /// closed immediately, which keeps memory and descriptors bounded under a flood.
     pub max_connections: usize,
-    /// Longest an HTTP/1.1 client may take to send a request's headers (slow-loris guard).
+    /// Longest an HTTP/1.1 client may take to send a request's headers, and any client to send the
+    /// head of its first request after the handshake (slow-loris guard).
     pub header_read_timeout: Duration,
     /// How long shutdown waits for open connections to finish before dropping them.
     pub shutdown_grace: Duration,
@@ -237,6 +247,7 @@ where
                         http: http.clone(),
                         watcher: graceful.watcher(),
                         handshake_timeout: opts.handshake_timeout,
+                        first_request_timeout: opts.header_read_timeout,
                         stats: stats.clone(),
                         slot,
                     }, service.clone()));
@@ -291,6 +302,7 @@ struct Connection {
     http: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     handshake_timeout: Duration,
+    first_request_timeout: Duration,
     stats: Arc<TransportStats>,
     slot: ConnectionSlot,
 }
@@ -303,7 +315,17 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let Connection { stream, remote_addr, acceptor, http, watcher, handshake_timeout, stats, slot } = conn;
+    let Connection {
+        stream,
+        remote_addr,
+        acceptor,
+        http,
+        watcher,
+        handshake_timeout,
+        first_request_timeout,
+        stats,
+        slot,
+    } = conn;
     let _slot = slot;
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Err(_) => {
@@ -334,13 +356,36 @@ where
         alpn = info.alpn.as_deref().map(String::from_utf8_lossy).as_deref(),
         "TLS connection established"
     );
+    // Notified when the first request head has been parsed (a permit is stored if nobody waits yet).
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let seen = first_request.clone();
     let per_request = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        seen.notify_one();
         req.extensions_mut().insert(info.clone());
         let mut service = service.clone();
         async move { service.call(req).await }
     });
-    let conn = http.serve_connection(TokioIo::new(tls), per_request);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%remote_addr, error = %e, "connection ended with an error");
+    let conn = watcher.watch(http.serve_connection(TokioIo::new(tls), per_request));
+    let deadline = async {
+        match tokio::time::timeout(first_request_timeout, first_request.notified()).await {
+            Err(_) => {}
+            // From now on hyper's own timeouts apply.
+            Ok(()) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ended = conn => {
+            if let Err(e) = ended {
+                tracing::debug!(%remote_addr, error = %e, "connection ended with an error");
+            }
+        }
+        () = deadline => {
+            stats.first_request_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                %remote_addr,
+                timeout_ms = first_request_timeout.as_millis(),
+                "no request head after the handshake within the timeout; closing"
+            );
+        }
     }
 }

@@ -117,7 +117,7 @@ min-width:11em}.tile .v{font-size:1.7em;font-weight:600}.tile .l{color:#57606a;f
 fn html(app: &App) -> Result<warp::reply::Response, ApiError> {
     let data = snapshot(app)?;
     let generated = format_time_ms(super::unix_ms(app.clock.now()));
-    let page = page_html(&data, app.ledger.broken(), &generated);
+    let page = page_html(&data, app.ledger.broken().as_deref(), &generated);
     Ok(warp::reply::Reply::into_response(warp::reply::html(page)))
 }
 

@@ -91,12 +91,17 @@ impl Collector for LiveCollector {
         )?)?;
 
         let snapshots: Vec<_> = self.listeners.iter().map(|(name, s)| (*name, s.snapshot())).collect();
-        let counters: [(&str, &str, StatReader); 5] = [
+        let counters: [(&str, &str, StatReader); 6] = [
             ("hwledger_connections_accepted", "TCP connections accepted under the cap", |s| s.accepted),
             ("hwledger_tls_handshake_failures", "TLS handshakes that failed (timeouts included)", |s| {
                 s.handshake_failures
             }),
             ("hwledger_tls_handshake_timeouts", "TLS handshakes that timed out", |s| s.handshake_timeouts),
+            (
+                "hwledger_first_request_timeouts",
+                "Connections closed because no request head arrived in time after the handshake",
+                |s| s.first_request_timeouts,
+            ),
             ("hwledger_connections_rejected_over_cap", "Connections closed because the cap was reached", |s| {
                 s.rejected_over_cap
             }),

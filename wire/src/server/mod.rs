@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub body_limit: u64,
     /// Longest a TLS handshake may take.
     pub handshake_timeout: Duration,
+    /// Longest a client may take to send a request's headers, and the head of its first request after the
+    /// handshake.
+    pub header_read_timeout: Duration,
     /// Most connections open at once per TLS listener.
     pub max_connections: usize,
     /// Longest a read with `?min_seq=N` waits for the log / read models to reach `N`.
@@ -129,6 +132,7 @@ impl ServerConfig {
             enroll_listen: None,
             body_limit: DEFAULT_BODY_LIMIT,
             handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
             read_wait_max: DEFAULT_READ_WAIT_MAX,
             agent_cert_validity: DEFAULT_AGENT_CERT_VALIDITY,
@@ -177,6 +181,12 @@ pub trait ReadModels: Send + Sync + 'static {
     fn cost(&self, query: &ReadQuery) -> Result<serde_json::Value, ReadModelError>;
     /// `GET /v1/dashboard`, `/snapshot.json` and the HTML dashboard.
     fn dashboard(&self) -> Result<serde_json::Value, ReadModelError>;
+    /// `GET /v1/projections`: where each read model stands and the digest of its state, so a client can
+    /// compare the live read models with a rebuild from the log (`hwledger replay --until SEQ`).
+    fn projections(&self, query: &ReadQuery) -> Result<serde_json::Value, ReadModelError> {
+        let _ = query;
+        Err(ReadModelError::Unavailable("these read models do not report their digests".to_owned()))
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -278,6 +288,9 @@ impl Server {
         if config.max_connections == 0 {
             return Err(ServerError::Config("max_connections must be at least 1".into()));
         }
+        if config.handshake_timeout.is_zero() || config.header_read_timeout.is_zero() {
+            return Err(ServerError::Config("handshake and header read timeouts must be positive".into()));
+        }
         if config.agent_cert_validity <= time::Duration::ZERO {
             return Err(ServerError::Config("agent_cert_validity must be positive".into()));
         }
@@ -369,10 +382,10 @@ impl Server {
         };
         let opts = |stats: Arc<TransportStats>| TransportOptions {
             handshake_timeout: config.handshake_timeout,
+            header_read_timeout: config.header_read_timeout,
             max_connections: config.max_connections,
             shutdown_grace: config.shutdown_grace,
             stats,
-            ..TransportOptions::default()
         };
         tracing::info!(api = %addrs.api, dashboard = %addrs.dashboard, enroll = ?addrs.enroll, "hwledger server listening");
 

@@ -211,6 +211,7 @@ pub fn document() -> Value {
             "/v1/telemetry": { "get": read_model_op("GPU telemetry: latest per GPU and bounded history.") },
             "/v1/jobs": { "get": read_model_op("Jobs and their state.") },
             "/v1/cost": { "get": read_model_op("Cost per device, backend and window.") },
+            "/v1/projections": { "get": read_model_op("Where each read model stands (applied and persisted seq, version) and the BLAKE3 digest of its state, to compare with `hwledger replay --until SEQ`.") },
             "/v1/dashboard": { "get": {
                 "summary": format!("The dashboard data as JSON. {reader}"),
                 "x-listeners": ["api"],

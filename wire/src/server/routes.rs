@@ -61,6 +61,7 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs"),
     ("GET", "/v1/cost"),
     ("GET", "/v1/dashboard"),
+    ("GET", "/v1/projections"),
 ];
 
 /// Every route of the enrollment listener.
@@ -90,6 +91,7 @@ enum Route {
     Jobs,
     Cost,
     Dashboard,
+    Projections,
 }
 
 impl Route {
@@ -114,6 +116,7 @@ impl Route {
             "/v1/jobs" => (Route::Jobs, "/v1/jobs", get),
             "/v1/cost" => (Route::Cost, "/v1/cost", get),
             "/v1/dashboard" => (Route::Dashboard, "/v1/dashboard", get),
+            "/v1/projections" => (Route::Projections, "/v1/projections", get),
             other => {
                 let id = other.strip_prefix("/v1/devices/")?;
                 if id.is_empty() || id.contains('/') {
@@ -300,6 +303,12 @@ pub(crate) fn authorize(app: &App, peer: &PeerInfo) -> Result<Principal, ApiErro
     let identity = peer
         .identity()
         .map_err(|e| ApiError::not_pinned(format!("certificate {fingerprint} carries no usable role: {e}")))?;
+    // While the store is being recovered the decision state is empty: refuse with "retry later", not 403.
+    if let Some(why) = app.ledger.unavailable() {
+        // Requests are what make the writer retry the reopen; refused ones must ask for it.
+        app.ledger.retry_storage();
+        return Err(ApiError::unavailable("storage_unavailable", why));
+    }
     let now = app.clock.now_ms();
     let role = identity.role;
     app.ledger.with_state(|state| {
@@ -488,7 +497,7 @@ where
                 }
             }
         }
-        Route::Telemetry | Route::Jobs | Route::Cost => {
+        Route::Telemetry | Route::Jobs | Route::Cost | Route::Projections => {
             require_reader(principal)?;
             let q = Query::parse(&parts.query)?;
             let Some(rm) = &app.read_models else {
@@ -502,6 +511,7 @@ where
             let value = match route {
                 Route::Telemetry => rm.telemetry(&rq),
                 Route::Jobs => rm.jobs(&rq),
+                Route::Projections => rm.projections(&rq),
                 _ => rm.cost(&rq),
             };
             ok_json(&value.map_err(read_model_error)?)
@@ -543,11 +553,16 @@ fn require_writer(p: &Principal) -> Result<(), ApiError> {
 }
 
 fn health(app: &App) -> Result<warp::reply::Response, ApiError> {
-    let broken = app.ledger.broken().map(str::to_owned);
+    let broken = app.ledger.broken();
+    let unavailable = app.ledger.unavailable();
+    if unavailable.is_some() {
+        app.ledger.retry_storage();
+    }
     ok_json(&HealthResponse {
-        status: if broken.is_some() { "degraded" } else { "ok" }.to_owned(),
+        status: if broken.is_some() || unavailable.is_some() { "degraded" } else { "ok" }.to_owned(),
         head_seq: app.ledger.head().seq,
         broken,
+        unavailable,
     })
 }
 
