@@ -42,6 +42,7 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let now = time::OffsetDateTime::now_utc();
     let ledger = Arc::new(config.open_ledger()?);
+    config.create_data_dir()?;
     let pki = Arc::new(Pki::init(&config.data_dir.join("pki"), PkiOptions::default(), now).context("initialise PKI")?);
     let operator_dir = config.data_dir.join("operator");
     let op = ensure_bootstrap_operator(&ledger, &pki, &operator_dir, "admin", time::Duration::days(365), now)
