@@ -327,6 +327,8 @@ pub fn import_from(r: impl Read, source: &str, dir: &Path) -> Result<u64, Export
         crate::store::finish_block(&mut block, count);
         batch.blocks.push((block_first, block));
     }
+    let mut commands: Vec<_> = commands.into_iter().collect();
+    commands.sort_unstable_by_key(|(_, (first_seq, _))| *first_seq);
     for (id, (first_seq, last_seq)) in commands {
         batch.commands.push((id, crate::store::CommandEntry { digest: [0; 32], first_seq, last_seq }));
     }

@@ -15,8 +15,8 @@ use hwledger_projections::{Projector, ProjectorOptions};
 use hwledger_wire::pki::{Pki, PkiOptions};
 use hwledger_wire::server::{ServerConfig, ensure_bootstrap_operator};
 
-use super::Config;
 use super::reads::ProjectorReads;
+use super::{Config, Global};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -31,7 +31,7 @@ pub struct ServeArgs {
     pub enroll_listen: Option<SocketAddr>,
 }
 
-pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listen: SocketAddr = match args.listen {
         Some(a) => a,
         None => config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?,
@@ -42,7 +42,7 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let now = time::OffsetDateTime::now_utc();
     let ledger = Arc::new(config.open_ledger()?);
-    config.create_data_dir()?;
+    ledger.warm_up();
     let pki = Arc::new(Pki::init(&config.data_dir.join("pki"), PkiOptions::default(), now).context("initialise PKI")?);
     let operator_dir = config.data_dir.join("operator");
     let op = ensure_bootstrap_operator(&ledger, &pki, &operator_dir, "admin", time::Duration::days(365), now)
@@ -68,10 +68,26 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let reads: Arc<dyn hwledger_wire::server::ReadModels> = Arc::new(ProjectorReads { projector: projector.clone() });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
     let result = rt.block_on(async {
-        let server =
-            hwledger_wire::server::Server::bind(server_config, ledger.clone(), pki.clone(), Some(reads)).await?;
+        let server = hwledger_wire::server::Server::bind(server_config, ledger.clone(), pki.clone(), Some(reads))
+            .await
+            .context("start the server")?;
         let addrs = server.local_addrs();
         let key = op.paths.key.as_ref().map(|k| k.display().to_string()).unwrap_or_default();
+        if global.json {
+            // One line on stdout when every listener is bound: how scripts and tests learn the ports.
+            let ready = serde_json::json!({
+                "event": "listening",
+                "api": addrs.api.to_string(),
+                "dashboard": addrs.dashboard.to_string(),
+                "enroll": addrs.enroll.map(|a| a.to_string()),
+                "data_dir": config.data_dir,
+                "operator_bundle": operator_dir,
+                "ca": op.paths.ca,
+            });
+            println!("{ready}");
+            use std::io::Write as _;
+            std::io::stdout().flush().context("write the startup line")?;
+        }
         eprintln!(
             "hwledger: serving {} (mTLS), dashboard http://{}/dashboard, data {}",
             addrs.api,
@@ -89,11 +105,13 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await
+            .context("serve")?;
+        Ok::<(), anyhow::Error>(())
     });
     stop.store(true, Ordering::SeqCst);
     let _ = follower.join();
     ledger.close().context("close ledger")?;
-    result.context("serve")?;
+    result?;
     eprintln!("hwledger: stopped cleanly at seq {}", ledger.head().seq);
     Ok(ExitCode::SUCCESS)
 }
