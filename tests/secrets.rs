@@ -5,6 +5,10 @@
 //! sends (successes and refusals), in `hwledger log --json`, in an export bundle, or anywhere in the raw bytes
 //! of the sled store.
 //!
+//! Rental-cloud API keys (from the configuration file and from the environment) never show up in what
+//! `hwledger prices` prints or logs at trace level, nor in its cache or anywhere in the data directory, even
+//! when the provider echoes the key back in an error.
+//!
 //! The clients are `curl` (installed by `scripts/test.sh`), talking to the server on loopback over mTLS with
 //! the operator bundle the server wrote, and to its enrollment listener with TLS only, as an agent would.
 
@@ -16,6 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hwledger_wire::pki::{Role, TokenHash, generate_key_and_csr};
+
+#[path = "../adapters/tests/support/cloud_stub.rs"]
+mod cloud_stub;
 
 /// How long the server may take to start or stop.
 const WAIT: Duration = Duration::from_secs(30);
@@ -383,4 +390,63 @@ fn tokens_and_private_keys_never_reach_logs_metrics_answers_events_exports_or_th
         }
     }
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}
+
+#[test]
+fn cloud_api_keys_never_reach_output_trace_logs_or_the_data_directory() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let stub = rt.block_on(cloud_stub::Stub::start());
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let config = root.path().join("config.toml");
+    let table = |provider: &str, scenario: &str, key: bool| {
+        let key = if key { format!("api_key = {:?}\n", cloud_stub::KEY) } else { String::new() };
+        format!("[clouds.{provider}]\nbase_url = {:?}\n{key}\n", stub.url(scenario))
+    };
+    let mut run = |tables: String, args: &[&str]| -> Output {
+        std::fs::write(&config, tables).expect("write config");
+        let mut all = vec!["--config", config.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        // RunPod's key comes from its environment variable, the others' from the file.
+        hw_cmd(&data, &all).env("HWLEDGER_LOG", "trace").env("RUNPOD_API_KEY", cloud_stub::KEY).output().expect("run")
+    };
+    let mut outputs = Vec::new();
+    let ok = run(
+        table("vast", "ok-vast", true) + &table("runpod", "ok-runpod", false) + &table("lambda", "ok-lambda", true),
+        &["--json", "-v", "prices", "--refresh"],
+    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("usd_per_gpu_hour"), "prices were fetched");
+    outputs.push(ok);
+    // Providers that refuse the key or echo it back in their error answers.
+    for (vast, runpod, lambda) in
+        [("leak-vast-msg", "leak-graphql", "leak-lambda-error"), ("leak-trailing", "unauthorized", "leak-malformed")]
+    {
+        let o = run(
+            table("vast", vast, true) + &table("runpod", runpod, false) + &table("lambda", lambda, true),
+            &["--json", "-v", "prices", "--refresh"],
+        );
+        assert_eq!(o.status.code(), Some(2), "every provider failed: {}", String::from_utf8_lossy(&o.stderr));
+        outputs.push(o);
+    }
+    assert!(stub.hits("leak-graphql") > 0 && stub.hits("leak-vast-msg") > 0, "the echoing providers were asked");
+    let mut leaks = Vec::new();
+    for (i, o) in outputs.iter().enumerate() {
+        for (name, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+            if String::from_utf8_lossy(bytes).contains(cloud_stub::KEY) {
+                leaks.push(format!("run {i} {name}"));
+            }
+        }
+    }
+    assert!(String::from_utf8_lossy(&outputs[0].stderr).lines().count() > 20, "trace logging is on");
+    let stored = files(&data);
+    assert!(stored.iter().any(|f| f.ends_with("cache/prices.json")), "the price cache was written: {stored:?}");
+    for file in stored {
+        let bytes = std::fs::read(&file).expect("read data file");
+        if bytes.windows(cloud_stub::KEY.len()).any(|w| w == cloud_stub::KEY.as_bytes()) {
+            leaks.push(file.display().to_string());
+        }
+    }
+    assert!(leaks.is_empty(), "the API key leaked into: {leaks:?}");
+    assert_eq!(mode(&data), 0o700, "the data directory `prices` created for its cache");
 }
