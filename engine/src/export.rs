@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::chain::Hash;
 use crate::codec::MAX_BODY_LEN;
 use crate::store::Store;
-use crate::verify::{ChainVerifier, Report, VerifyError, VerifyOptions, checkpoint_size};
+use crate::verify::{ChainVerifier, Report, VerifyError, VerifyOptions, checkpoint_size, checkpoint_unverified};
 
 /// File magic.
 pub const MAGIC: &[u8; 4] = b"HWLX";
@@ -264,14 +264,34 @@ pub fn import(path: &Path, dir: &Path) -> Result<u64, ExportError> {
 }
 
 /// [`import`] from any reader; `source` names it in errors.
+///
+/// The file is checked again while it is read (chain, order, decodability), and a checkpoint it carries must
+/// be of the imported events (size and root; its signature needs a pinned key, which only the caller has): a
+/// checkpoint larger than the log would make the imported ledger refuse writes. On any error nothing is left:
+/// the directory is removed again (or emptied, if it existed).
 pub fn import_from(r: impl Read, source: &str, dir: &Path) -> Result<u64, ExportError> {
-    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    let existed = dir.exists();
+    if existed && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(ExportError::Format(format!(
             "{} is not empty; import only into a new data directory",
             dir.display()
         )));
     }
     let store = Store::open(dir)?;
+    let result = import_into(&store, r, source);
+    if result.is_err() {
+        drop(store);
+        // Best effort: the directory was empty or absent before, so whatever is in it is this import's.
+        let _ = std::fs::remove_dir_all(dir);
+        if existed {
+            let _ = std::fs::create_dir(dir);
+        }
+    }
+    result
+}
+
+fn import_into(store: &Store, r: impl Read, source: &str) -> Result<u64, ExportError> {
+    let mut verifier = ChainVerifier::new(source, None);
     let mut state = crate::state::State::default();
     let mut tiles = crate::tiles::TileBuilder::new();
     let mut done = Vec::new();
@@ -291,6 +311,7 @@ pub fn import_from(r: impl Read, source: &str, dir: &Path) -> Result<u64, Export
         if failure.is_some() {
             return;
         }
+        verifier.event(body, hash);
         match crate::codec::decode_record(body) {
             Ok(record) => {
                 crate::state::apply(&mut state, &record);
@@ -332,10 +353,25 @@ pub fn import_from(r: impl Read, source: &str, dir: &Path) -> Result<u64, Export
     for (id, (first_seq, last_seq)) in commands {
         batch.commands.push((id, crate::store::CommandEntry { digest: [0; 32], first_seq, last_seq }));
     }
-    if let Some(cp) = trailer.checkpoint {
-        if let Some(size) = checkpoint_size(&cp) {
-            batch.checkpoints.push((size, cp));
+    if let Some(note) = trailer.checkpoint {
+        if let Some(cp) = checkpoint_unverified(&note) {
+            if verifier.root_at(cp.size) != Some(cp.root) {
+                return Err(ExportError::Format(format!(
+                    "the checkpoint in the file (size {}) is not a checkpoint of its {n} events",
+                    cp.size
+                )));
+            }
+            batch.checkpoints.push((cp.size, note));
         }
+    }
+    let report = verifier.finish(&VerifyOptions::default(), None);
+    if let Some(b) = report.breaks.first() {
+        return Err(ExportError::Format(format!(
+            "the file does not verify ({} break(s), the first at seq {}: {})",
+            report.breaks.len(),
+            b.seq,
+            b.detail
+        )));
     }
     batch.meta.push(("verified", crate::store::encode_seq_hash(last.0, &last.1)));
     batch.snapshot = Some(crate::codec::encode_value(&state));
