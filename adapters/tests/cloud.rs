@@ -446,6 +446,55 @@ async fn the_api_key_never_appears_in_errors_or_debug_output() {
     assert_eq!(format!("{:?}", key()), "ApiKey(<redacted>)");
 }
 
+/// A `tracing` writer that appends to a shared buffer, to read back what was logged.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What `HWLEDGER_LOG=trace` would print while the clients fetch prices and instances — successful answers,
+/// rate-limit retries, refusals, answers that echo the key back, timeouts — including the `log` records of
+/// reqwest, hyper and rustls: the key appears in none of it.
+#[tokio::test]
+async fn the_api_key_never_appears_in_trace_logs() {
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let captured = Captured::default();
+    let sink = captured.clone();
+    // Thread-local (the test's current-thread runtime runs the stub, the clients and their connections on
+    // this thread), and with the `log` bridge, so reqwest's and rustls' own records are captured too.
+    let _guard = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish()
+        .set_default();
+    let stub = Stub::start().await;
+    let mut fetched = 0;
+    for provider in Provider::ALL {
+        for scenario in ["ok", "ratelimit-once", "unauthorized", "server-error", "leak-trailing", "leak-malformed"] {
+            let c = client(provider, stub.url(scenario));
+            fetched += usize::from(c.offers(None).await.is_ok());
+            fetched += usize::from(c.instances().await.is_ok());
+        }
+    }
+    assert!(fetched >= 6, "the successful scenarios fetched ({fetched})");
+    let slow = options(Provider::RunPod, stub.url("slow")).with_timeout(Duration::from_millis(200));
+    assert!(RunPodClient::new(key(), slow).expect("client").offers(None).await.is_err());
+    let log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    assert!(log.contains("rate limited; retrying once"), "the client's own events are captured:\n{log}");
+    assert!(log.lines().count() > 20, "trace output is captured:\n{log}");
+    let leaked: Vec<&str> = log.lines().filter(|l| l.contains(KEY)).collect();
+    assert!(leaked.is_empty(), "the API key is in the log:\n{}", leaked.join("\n"));
+}
+
 // ---------------------------------------------------------------- price cache
 
 #[tokio::test]

@@ -313,6 +313,9 @@ pub fn decide(state: &State, command: &Command, ctx: &Context) -> Result<Vec<Eve
             let price = price.clone().or_else(|| ctx.quote.clone());
             if let Some(p) = &price {
                 check_id("price source", &p.source)?;
+                if let Some(o) = &p.offer_id {
+                    check_text("offer id", o)?;
+                }
             }
             Ok(vec![Event::JobDispatched {
                 job_id: job_id.clone(),

@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::chain::Hash;
 use crate::codec::MAX_BODY_LEN;
 use crate::store::Store;
-use crate::verify::{ChainVerifier, Report, VerifyError, VerifyOptions, checkpoint_size};
+use crate::verify::{ChainVerifier, Report, VerifyError, VerifyOptions, checkpoint_size, checkpoint_unverified};
 
 /// File magic.
 pub const MAGIC: &[u8; 4] = b"HWLX";
@@ -138,15 +138,24 @@ pub struct Trailer {
 
 /// Reads an export file, handing each framed event to `f(seq_position, body, hash)`. Total: a malformed file
 /// yields an error naming the offset and what was wrong; nothing is trusted.
-pub fn read_export(path: &Path, mut f: impl FnMut(u64, &[u8], &Hash)) -> Result<(u64, Trailer), ExportError> {
+pub fn read_export(path: &Path, f: impl FnMut(u64, &[u8], &Hash)) -> Result<(u64, Trailer), ExportError> {
     let file = std::fs::File::open(path).map_err(|source| ExportError::Io {
         op: "open",
         path: path.display().to_string(),
         source,
     })?;
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    read_export_from(BufReader::with_capacity(1 << 20, file), &path.display().to_string(), f)
+}
+
+/// [`read_export`] over any reader (a file, a network stream, bytes in memory); `source` names it in I/O
+/// errors. The reader is read to its end and no further.
+pub fn read_export_from(
+    mut r: impl Read,
+    source: &str,
+    mut f: impl FnMut(u64, &[u8], &Hash),
+) -> Result<(u64, Trailer), ExportError> {
     let mut header = [0u8; 13];
-    read_exact(&mut r, &mut header, "header")?;
+    read_exact(&mut r, &mut header, "header", source)?;
     if &header[..4] != MAGIC {
         return Err(ExportError::Format("not an hwledger export (bad magic)".into()));
     }
@@ -157,23 +166,21 @@ pub fn read_export(path: &Path, mut f: impl FnMut(u64, &[u8], &Hash)) -> Result<
     let mut body = Vec::new();
     for i in 1..=count {
         let mut len = [0u8; 4];
-        read_exact(&mut r, &mut len, "event length").map_err(|e| truncated(e, i, count))?;
+        read_exact(&mut r, &mut len, "event length", source).map_err(|e| truncated(e, i, count))?;
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_BODY_LEN {
             return Err(ExportError::Format(format!("event {i}: body of {len} bytes exceeds the limit")));
         }
         body.resize(len, 0);
-        read_exact(&mut r, &mut body, "event body").map_err(|e| truncated(e, i, count))?;
+        read_exact(&mut r, &mut body, "event body", source).map_err(|e| truncated(e, i, count))?;
         let mut hash = [0u8; 32];
-        read_exact(&mut r, &mut hash, "event hash").map_err(|e| truncated(e, i, count))?;
+        read_exact(&mut r, &mut hash, "event hash", source).map_err(|e| truncated(e, i, count))?;
         f(i, &body, &hash);
     }
-    let checkpoint = read_text(&mut r, "checkpoint")?;
-    let vkey = read_text(&mut r, "verifier key")?;
+    let checkpoint = read_text(&mut r, "checkpoint", source)?;
+    let vkey = read_text(&mut r, "verifier key", source)?;
     let mut rest = [0u8; 1];
-    if r.read(&mut rest).map_err(|source| ExportError::Io { op: "read", path: path.display().to_string(), source })?
-        != 0
-    {
+    if r.read(&mut rest).map_err(|e| ExportError::Io { op: "read", path: source.to_owned(), source: e })? != 0 {
         return Err(ExportError::Format("trailing bytes after the last section".into()));
     }
     Ok((count, Trailer { checkpoint, vkey }))
@@ -186,19 +193,19 @@ fn truncated(e: ExportError, i: u64, count: u64) -> ExportError {
     }
 }
 
-fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), ExportError> {
+fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &str, source: &str) -> Result<(), ExportError> {
     r.read_exact(buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             ExportError::Format(format!("file ends inside {what}"))
         } else {
-            ExportError::Io { op: "read", path: what.to_owned(), source: e }
+            ExportError::Io { op: "read", path: source.to_owned(), source: e }
         }
     })
 }
 
-fn read_text(r: &mut impl Read, what: &str) -> Result<Option<String>, ExportError> {
+fn read_text(r: &mut impl Read, what: &str, source: &str) -> Result<Option<String>, ExportError> {
     let mut len = [0u8; 4];
-    read_exact(r, &mut len, what)?;
+    read_exact(r, &mut len, what, source)?;
     let len = u32::from_le_bytes(len);
     if len > MAX_TEXT_SECTION {
         return Err(ExportError::Format(format!("{what} section of {len} bytes exceeds the limit")));
@@ -207,14 +214,26 @@ fn read_text(r: &mut impl Read, what: &str) -> Result<Option<String>, ExportErro
         return Ok(None);
     }
     let mut buf = vec![0u8; len as usize];
-    read_exact(r, &mut buf, what)?;
+    read_exact(r, &mut buf, what, source)?;
     String::from_utf8(buf).map(Some).map_err(|_| ExportError::Format(format!("{what} is not UTF-8")))
 }
 
 /// Verifies an export or bundle file offline.
-pub fn verify_export(path: &Path, opts: &VerifyOptions, mut progress: impl FnMut(u64)) -> Result<Report, VerifyError> {
-    let mut v = ChainVerifier::new(&path.display().to_string(), opts.head.map(|h| h.0));
-    let result = read_export(path, |i, body, hash| {
+pub fn verify_export(path: &Path, opts: &VerifyOptions, progress: impl FnMut(u64)) -> Result<Report, VerifyError> {
+    let source = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| VerifyError::Io { path: source.clone(), source: e })?;
+    verify_export_from(BufReader::with_capacity(1 << 20, file), &source, opts, progress)
+}
+
+/// [`verify_export`] over any reader; `source` names it in the report and in I/O errors.
+pub fn verify_export_from(
+    r: impl Read,
+    source: &str,
+    opts: &VerifyOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<Report, VerifyError> {
+    let mut v = ChainVerifier::new(source, opts.head.map(|h| h.0));
+    let result = read_export_from(r, source, |i, body, hash| {
         v.event(body, hash);
         if i % 65536 == 0 {
             progress(i);
@@ -236,13 +255,43 @@ pub fn verify_export(path: &Path, opts: &VerifyOptions, mut progress: impl FnMut
 /// idempotency entries carry an all-zero digest: the original command bodies are not in the log, so a retry of
 /// an imported command id gets its original receipt whatever its body.
 pub fn import(path: &Path, dir: &Path) -> Result<u64, ExportError> {
-    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    let file = std::fs::File::open(path).map_err(|source| ExportError::Io {
+        op: "open",
+        path: path.display().to_string(),
+        source,
+    })?;
+    import_from(BufReader::with_capacity(1 << 20, file), &path.display().to_string(), dir)
+}
+
+/// [`import`] from any reader; `source` names it in errors.
+///
+/// The file is checked again while it is read (chain, order, decodability), and a checkpoint it carries must
+/// be of the imported events (size and root; its signature needs a pinned key, which only the caller has): a
+/// checkpoint larger than the log would make the imported ledger refuse writes. On any error nothing is left:
+/// the directory is removed again (or emptied, if it existed).
+pub fn import_from(r: impl Read, source: &str, dir: &Path) -> Result<u64, ExportError> {
+    let existed = dir.exists();
+    if existed && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(ExportError::Format(format!(
             "{} is not empty; import only into a new data directory",
             dir.display()
         )));
     }
     let store = Store::open(dir)?;
+    let result = import_into(&store, r, source);
+    if result.is_err() {
+        drop(store);
+        // Best effort: the directory was empty or absent before, so whatever is in it is this import's.
+        let _ = std::fs::remove_dir_all(dir);
+        if existed {
+            let _ = std::fs::create_dir(dir);
+        }
+    }
+    result
+}
+
+fn import_into(store: &Store, r: impl Read, source: &str) -> Result<u64, ExportError> {
+    let mut verifier = ChainVerifier::new(source, None);
     let mut state = crate::state::State::default();
     let mut tiles = crate::tiles::TileBuilder::new();
     let mut done = Vec::new();
@@ -258,10 +307,11 @@ pub fn import(path: &Path, dir: &Path) -> Result<u64, ExportError> {
         store.commit(std::mem::take(batch))?;
         Ok(())
     };
-    let result = read_export(path, |seq, body, hash| {
+    let result = read_export_from(r, source, |seq, body, hash| {
         if failure.is_some() {
             return;
         }
+        verifier.event(body, hash);
         match crate::codec::decode_record(body) {
             Ok(record) => {
                 crate::state::apply(&mut state, &record);
@@ -303,10 +353,25 @@ pub fn import(path: &Path, dir: &Path) -> Result<u64, ExportError> {
     for (id, (first_seq, last_seq)) in commands {
         batch.commands.push((id, crate::store::CommandEntry { digest: [0; 32], first_seq, last_seq }));
     }
-    if let Some(cp) = trailer.checkpoint {
-        if let Some(size) = checkpoint_size(&cp) {
-            batch.checkpoints.push((size, cp));
+    if let Some(note) = trailer.checkpoint {
+        if let Some(cp) = checkpoint_unverified(&note) {
+            if verifier.root_at(cp.size) != Some(cp.root) {
+                return Err(ExportError::Format(format!(
+                    "the checkpoint in the file (size {}) is not a checkpoint of its {n} events",
+                    cp.size
+                )));
+            }
+            batch.checkpoints.push((cp.size, note));
         }
+    }
+    let report = verifier.finish(&VerifyOptions::default(), None);
+    if let Some(b) = report.breaks.first() {
+        return Err(ExportError::Format(format!(
+            "the file does not verify ({} break(s), the first at seq {}: {})",
+            report.breaks.len(),
+            b.seq,
+            b.detail
+        )));
     }
     batch.meta.push(("verified", crate::store::encode_seq_hash(last.0, &last.1)));
     batch.snapshot = Some(crate::codec::encode_value(&state));

@@ -483,6 +483,12 @@ pub fn verify_dir(
 
 /// The tree size of a signed checkpoint note, read without checking its signature (that happens later).
 pub fn checkpoint_size(note: &str) -> Option<u64> {
+    checkpoint_unverified(note).map(|c| c.size)
+}
+
+/// The checkpoint text of a signed note, parsed without checking any signature (so never to be trusted
+/// alone: for sizes to plan with, and to compare with the events a file carries).
+pub fn checkpoint_unverified(note: &str) -> Option<Checkpoint> {
     let text = note.find("\n\n").map(|i| &note[..=i])?;
-    Checkpoint::parse(text).ok().map(|c| c.size)
+    Checkpoint::parse(text).ok()
 }

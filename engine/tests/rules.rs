@@ -174,6 +174,38 @@ fn bootstrap_token_is_single_use_and_expires() {
     given([expired]).when(redeem(1)).then_rejected("token_expired");
 }
 
+/// Found by the `command_json` fuzz target: the offer id of a dispatch's price (from the command, or from the
+/// quote a provider returned) was stored unchecked, so a 2 MiB offer id made an event body over the 1 MiB the
+/// decoder accepts — an acknowledged event no reader could decode — and control characters reached the log.
+#[test]
+fn dispatch_price_text_is_bounded_like_all_free_text() {
+    use hwledger_engine::Context;
+    use hwledger_engine::event::PriceQuote;
+    let quote = |offer_id: &str| PriceQuote {
+        source: "vast".into(),
+        micro_usd_per_hour: 1,
+        offer_id: Some(offer_id.into()),
+        quoted_at: 1,
+    };
+    let priced = |offer_id: &str| Command::DispatchJob {
+        job_id: "job-1".into(),
+        device_id: "dev-1".into(),
+        model: "llama".into(),
+        vram_mib: 1,
+        price: Some(quote(offer_id)),
+    };
+    let fleet = || given([enrolled("dev-1"), registered("dev-1", 1024)]);
+    for bad in ["o".repeat(2 << 20), "x".repeat(1025), "offer\u{1b}[31m".to_owned()] {
+        fleet().when(priced(&bad)).then_rejected("invalid_command");
+        // The same offer id arriving in the context's quote (a provider's answer at dispatch).
+        let state = fleet().state().clone();
+        let ctx = Context { quote: Some(quote(&bad)), ..Context::new(Actor::System, 10_000) };
+        let result = hwledger_engine::decide(&state, &dispatch("job-1", "dev-1", 1), &ctx);
+        assert_eq!(result.map_err(|r| r.code()), Err("invalid_command"));
+    }
+    assert!(fleet().when(priced(&"o".repeat(1024))).result.is_ok(), "1024 bytes are fine");
+}
+
 #[test]
 fn rejection_codes_are_stable() {
     use hwledger_engine::Rejection as R;

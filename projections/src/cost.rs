@@ -84,6 +84,12 @@ pub fn cost_of_duration(duration_ms: u64, micro_usd_per_hour: MicroUsd) -> Micro
     u64::try_from(rounded).unwrap_or(u64::MAX)
 }
 
+/// Milliseconds from `start` to `end` (0 if `end` is earlier), exact over the whole `i64` range: a log
+/// written by hand can hold any times, and `end - start` in `i64` overflows for far-apart ones.
+fn ms_between(start: UnixMillis, end: UnixMillis) -> u64 {
+    u64::try_from(i128::from(end) - i128::from(start)).unwrap_or(0)
+}
+
 impl Job {
     /// Run time in ms: start to end, or start to `at` for a job still running at `at`; 0 if never started.
     pub fn duration_ms_at(&self, at: UnixMillis) -> u64 {
@@ -91,7 +97,7 @@ impl Job {
             None => 0,
             Some(start) => {
                 let end = self.ended_at.unwrap_or(at);
-                u64::try_from(end.saturating_sub(start)).unwrap_or(0)
+                ms_between(start, end)
             }
         }
     }
@@ -335,7 +341,7 @@ impl Cost {
                     if let Some(p) = &j.price {
                         // Only the part that ran by the window's end: a job that ended later is cut at it.
                         let ran = match j.started_at {
-                            Some(s) if s <= window_end => u64::try_from(window_end - s).unwrap_or(0),
+                            Some(s) => ms_between(s, window_end),
                             _ => 0,
                         };
                         report.running_accrued_micro_usd = report

@@ -230,8 +230,15 @@ impl Config {
         self.data_dir.join("keys")
     }
 
+    /// Creates the data directory if needed and makes it 0700 (keys, the CA and the operator bundle live
+    /// below it). Called by every command that writes into it, before anything else is created there.
+    pub fn create_data_dir(&self) -> anyhow::Result<()> {
+        create_private_dir(&self.data_dir)
+    }
+
     /// Opens the ledger with the log key (created on first use, 0600).
     pub fn open_ledger(&self) -> anyhow::Result<Ledger> {
+        self.create_data_dir()?;
         let signer = load_or_create_log_key(&self.keys_dir(), &self.origin)?;
         let options = LedgerOptions {
             signer: Some(signer),
@@ -268,8 +275,16 @@ pub fn load_or_create_log_key(dir: &Path, origin: &str) -> anyhow::Result<Signer
     Ok(signer)
 }
 
+/// Creates `dir` (0700 from the start, never briefly wider) and tightens it to 0700 if it already existed.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).with_context(|| format!("create {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

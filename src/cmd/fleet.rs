@@ -307,6 +307,11 @@ pub fn cloud_client(config: &Config, provider: Provider) -> Result<CloudClient, 
 
 /// The price cache of the data directory, loaded as of `now` (a broken file is reported and ignored).
 pub fn load_price_cache(config: &Config, now: Instant, now_ms: i64) -> PriceCacheFile {
+    // The cache is saved under the data directory afterwards: create that 0700 first, as every command does,
+    // rather than letting the cache writer create it with the umask's mode.
+    if let Err(e) = config.create_data_dir() {
+        tracing::warn!("{e:#}");
+    }
     let (file, warning) = PriceCacheFile::load(
         &config.price_cache_path(),
         Duration::from_secs(config.clouds.cache_ttl_secs),

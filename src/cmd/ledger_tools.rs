@@ -515,6 +515,7 @@ pub fn import(config: &Config, global: &Global, args: ImportArgs) -> anyhow::Res
         render_report(&report, global.json)?;
         bail!("refusing to import {}: the export does not verify", args.file.display());
     }
+    config.create_data_dir()?;
     let dir = config.data_dir.join("ledger");
     let n = hwledger_engine::export::import(&args.file, &dir)?;
     if global.json {

@@ -32,6 +32,7 @@ pub enum CaAction {
 }
 
 fn open_pki(config: &Config) -> anyhow::Result<Pki> {
+    config.create_data_dir()?;
     Pki::init(&config.data_dir.join("pki"), PkiOptions::default(), time::OffsetDateTime::now_utc())
         .context("initialise PKI")
 }
