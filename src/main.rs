@@ -1,8 +1,8 @@
 //! `hwledger`: the one binary. Parses the command line, sets up logging, dispatches to a subcommand in
 //! `cmd/`, and maps the result to a documented exit code. No logic of its own lives here.
 //!
-//! Exit codes: 0 success; 1 a check failed (`verify` found a break, a command was rejected); 2 usage,
-//! configuration or I/O error.
+//! Exit codes: 0 success; 1 a check failed (`verify` found a break, a command was rejected, a server refused
+//! the request); 2 usage, configuration or I/O error.
 
 mod cmd;
 
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(2)
+            cmd::exit_code(&err)
         }
     }
 }

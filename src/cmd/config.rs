@@ -6,6 +6,8 @@
 //! checkpoint_interval_ms = 1000       # bounded checkpoint staleness
 //! listen = "0.0.0.0:8443"             # HWLEDGER_LISTEN
 //! dashboard_listen = "127.0.0.1:8080" # always loopback
+//! server = "https://ledger.lan:8443"  # HWLEDGER_SERVER, --server: act on a server, not the data directory
+//! bundle = "/etc/hwledger/operator"   # HWLEDGER_BUNDLE, --bundle: credentials for `server`
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use hwledger_engine::{Ledger, LedgerOptions};
 use serde::Deserialize;
 
 use super::Global;
+use super::target::{Credentials, RemoteArgs, RemoteSettings};
 
 /// Resolved configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +34,10 @@ pub struct Config {
     pub listen: String,
     /// Dashboard listen address (loopback only).
     pub dashboard_listen: String,
+    /// A server to act on instead of the data directory (`https://HOST:PORT`).
+    pub server: Option<String>,
+    /// The credential bundle directory for `server`.
+    pub bundle: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -42,6 +49,8 @@ impl Default for Config {
             checkpoint_interval_ms: 1_000,
             listen: "127.0.0.1:8443".into(),
             dashboard_listen: "127.0.0.1:8080".into(),
+            server: None,
+            bundle: None,
         }
     }
 }
@@ -61,10 +70,46 @@ impl Config {
         if let Ok(listen) = std::env::var("HWLEDGER_LISTEN") {
             config.listen = listen;
         }
+        if let Some(server) = std::env::var("HWLEDGER_SERVER").ok().filter(|s| !s.is_empty()) {
+            config.server = Some(server);
+        }
+        if let Some(bundle) = std::env::var_os("HWLEDGER_BUNDLE").filter(|s| !s.is_empty()) {
+            config.bundle = Some(PathBuf::from(bundle));
+        }
         if let Some(d) = &global.data {
             config.data_dir = d.clone();
         }
         Ok(config)
+    }
+
+    /// The server a subcommand acts on, if any: `--server`, else `server` (file or `HWLEDGER_SERVER`).
+    /// Credentials: `--cert/--key/--ca`, else `--bundle`, else `bundle` (file or `HWLEDGER_BUNDLE`), else
+    /// the server's own operator bundle `<data>/operator` when it exists (on the server's host).
+    pub fn remote(&self, args: &RemoteArgs) -> anyhow::Result<Option<RemoteSettings>> {
+        let Some(url) = args.server.clone().or_else(|| self.server.clone()) else {
+            if args.bundle.is_some() || args.cert.is_some() || args.ca.is_some() {
+                anyhow::bail!("--bundle, --cert, --key and --ca need --server (or HWLEDGER_SERVER)");
+            }
+            return Ok(None);
+        };
+        let credentials = match (&args.cert, &args.key, &args.ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                Credentials::Files { ca: ca.clone(), cert: cert.clone(), key: key.clone() }
+            }
+            (None, None, None) => {
+                let default = self.data_dir.join("operator");
+                let dir =
+                    args.bundle.clone().or_else(|| self.bundle.clone()).or_else(|| default.is_dir().then_some(default));
+                match dir {
+                    Some(dir) => Credentials::Bundle(dir),
+                    None => anyhow::bail!(
+                        "--server {url} needs credentials: --bundle DIR (or HWLEDGER_BUNDLE), or --cert, --key and --ca"
+                    ),
+                }
+            }
+            _ => anyhow::bail!("--cert, --key and --ca go together (or use --bundle DIR alone)"),
+        };
+        Ok(Some(RemoteSettings { url, credentials }))
     }
 
     /// Directory of the log signing key.

@@ -1,12 +1,14 @@
 //! Subcommands. Each is a thin call into the libraries plus rendering (human or `--json`).
 
 mod bench;
+mod bench_wire;
 mod config;
 mod ledger_tools;
 mod parse;
 mod pki;
 mod reads;
 mod serve;
+pub mod target;
 
 use std::process::ExitCode;
 
@@ -45,7 +47,7 @@ pub struct Global {
 pub enum Command {
     /// Open the store and serve until Ctrl-C.
     Serve(serve::ServeArgs),
-    /// Submit commands (JSON: one submission, an array, or one per line) to the local data directory.
+    /// Submit commands (JSON: one submission, an array, or one per line) to the data directory or `--server`.
     Submit(ledger_tools::SubmitArgs),
     /// List events.
     Log(ledger_tools::LogArgs),
@@ -63,7 +65,7 @@ pub enum Command {
     Proof(ledger_tools::ProofArgs),
     /// The fleet CA: init, status, rotate.
     Ca(pki::CaArgs),
-    /// Issue and pin a certificate bundle: `enroll operator|auditor|agent NAME --out DIR`.
+    /// Certificates: `enroll operator|auditor|agent NAME --out DIR`, `enroll token DEVICE`, `enroll redeem`.
     Enroll(pki::EnrollArgs),
     /// Receipts: `receipt verify` checks offline that a receipt's event is in a signed checkpoint.
     Receipt(ledger_tools::ReceiptArgs),
@@ -89,7 +91,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.global)?;
     match cli.command {
-        Command::Serve(a) => serve::run(&config, a),
+        Command::Serve(a) => serve::run(&config, &cli.global, a),
         Command::Submit(a) => ledger_tools::submit(&config, &cli.global, a),
         Command::Log(a) => ledger_tools::log(&config, &cli.global, a),
         Command::Verify(a) => ledger_tools::verify(&config, &cli.global, a),
@@ -110,4 +112,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dashboard(a) => reads::run(&config, &cli.global, reads::Read::Dashboard, a),
         Command::Parse(a) => parse::run(&cli.global, a),
     }
+}
+
+/// The exit code of a failed command: 1 when a server refused the request (a 4xx answer: rejected,
+/// forbidden, not pinned, conflict), 2 for everything else (usage, configuration, I/O, unreachable server).
+pub fn exit_code(err: &anyhow::Error) -> ExitCode {
+    let refused = err.chain().any(|e| {
+        e.downcast_ref::<hwledger_wire::client::ClientError>()
+            .and_then(hwledger_wire::client::ClientError::status)
+            .is_some_and(|s| (400..500).contains(&s))
+    });
+    ExitCode::from(if refused { 1 } else { 2 })
 }
