@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Commands for W5 (64 mTLS clients, one request each at a time).
     #[arg(long, default_value_t = 64_000)]
     pub w5_n: u64,
+    /// W5's protocol: `http1` (HTTP/1.1 keep-alive, one connection per client) or `h2` (HTTP/2 via ALPN).
+    #[arg(long, default_value = "http1", value_parser = ["http1", "h2"])]
+    pub w5_protocol: String,
     /// Parent directory for the data directories (default: a fresh temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -333,8 +336,9 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if selected("W5") {
         let n5 = n.min(args.w5_n) / super::bench_wire::CLIENTS * super::bench_wire::CLIENTS;
         anyhow::ensure!(n5 > 0, "W5 needs at least {} commands", super::bench_wire::CLIENTS);
-        let r: Vec<_> =
-            (0..runs).map(|_| super::bench_wire::w5(&fresh("w5"), n5, setup)).collect::<anyhow::Result<_>>()?;
+        let r: Vec<_> = (0..runs)
+            .map(|_| super::bench_wire::w5(&fresh("w5"), n5, args.w5_protocol == "http1", setup))
+            .collect::<anyhow::Result<_>>()?;
         for (metric, unit, pick) in [("events_per_s", "events/s", 0usize), ("p50_ms", "ms", 1), ("p99_ms", "ms", 2)] {
             let values = r.iter().map(|x| [x.0, x.1, x.2][pick]).collect();
             out.push(Measure { workload: "W5", metric, value: median(values), unit, n: n5 });

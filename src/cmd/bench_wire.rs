@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use hwledger_engine::Submission;
 use hwledger_projections::{Projector, ProjectorOptions};
 use hwledger_wire::api::CommandStatus;
-use hwledger_wire::client::Client;
+use hwledger_wire::client::{Client, ClientOptions};
 use hwledger_wire::pki::{Pki, PkiOptions, Role};
 use hwledger_wire::server::{Server, ServerConfig, pin_identity};
 
@@ -21,10 +21,12 @@ use super::reads::ProjectorReads;
 /// Concurrent clients (and agent identities, one device each).
 pub const CLIENTS: u64 = 64;
 
-/// One W5 run: `(commands/s, p50 ms, p99 ms)` over `n` heartbeats in a fresh data directory `dir`.
+/// One W5 run: `(commands/s, p50 ms, p99 ms)` over `n` heartbeats in a fresh data directory `dir`, over
+/// HTTP/1.1 keep-alive (`http1`) or HTTP/2.
 pub fn w5(
     dir: &Path,
     n: u64,
+    http1: bool,
     setup: impl Fn(&Path) -> anyhow::Result<hwledger_engine::Ledger>,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let ledger = Arc::new(setup(&dir.join("ledger"))?);
@@ -79,8 +81,9 @@ pub fn w5(
         // Connect and authenticate every client before the clock starts: W5 measures kept-alive connections.
         let mut clients = Vec::new();
         for (cert, key) in &identities {
-            let client =
-                Client::new(&url, ca_pem.as_bytes(), Some((cert.as_bytes(), key.as_bytes())), Duration::from_secs(30))?;
+            let options = ClientOptions { timeout: Duration::from_secs(30), http1_only: http1 };
+            let identity = Some((cert.as_bytes(), key.as_bytes()));
+            let client = Client::with_options(&url, ca_pem.as_bytes(), identity, options)?;
             client.whoami().await.context("warm up a benchmark client")?;
             clients.push(client);
         }

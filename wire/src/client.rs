@@ -265,6 +265,22 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How a [`Client`] talks to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Timeout of one request (connect, handshake, server work, reading the answer).
+    pub timeout: Duration,
+    /// Speak HTTP/1.1 (one kept-alive connection, one request at a time on it) instead of negotiating
+    /// HTTP/2 (many concurrent requests on one connection).
+    pub http1_only: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions { timeout: DEFAULT_TIMEOUT, http1_only: false }
+    }
+}
+
 /// The optional filters of `GET /v1/telemetry`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TelemetryQuery {
@@ -297,16 +313,29 @@ impl Client {
         identity: Option<(&[u8], &[u8])>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
+        Client::with_options(base_url, ca_pem, identity, ClientOptions { timeout, ..ClientOptions::default() })
+    }
+
+    /// [`Client::new`] with every option.
+    pub fn with_options(
+        base_url: &str,
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let base = normalise_base(base_url)?;
+        let timeout = options.timeout;
         if timeout.is_zero() {
             return Err(ClientError::InvalidRequest("the request timeout must be positive".into()));
         }
-        let http = streaming_client_builder(ca_pem, identity, timeout)?
+        let mut builder = streaming_client_builder(ca_pem, identity, timeout)?
             // Per read, so a silent event stream is noticed; ordinary requests also carry `timeout`.
             .read_timeout(timeout.max(STREAM_IDLE_TIMEOUT))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(ClientTlsError::Build)?;
+            .tcp_nodelay(true);
+        if options.http1_only {
+            builder = builder.http1_only();
+        }
+        let http = builder.build().map_err(ClientTlsError::Build)?;
         Ok(Client { http, base, timeout })
     }
 

@@ -521,3 +521,53 @@ async fn enrollment_with_a_bootstrap_token() -> TestResult {
     assert!(!text.contains(token.as_str()));
     f.stop().await
 }
+
+/// The DER of the certificate the server presents to a client trusting `ca_pem` (with `identity`).
+async fn presented_cert(url: &str, ca_pem: &[u8], identity: (&[u8], &[u8])) -> Result<Vec<u8>, BoxError> {
+    let http = hwledger_wire::client_tls::client_builder(ca_pem, Some(identity), WAIT)?.tls_info(true).build()?;
+    let resp = http.get(format!("{url}/v1/whoami")).send().await?;
+    assert_eq!(resp.status(), 200);
+    let info = resp.extensions().get::<reqwest::tls::TlsInfo>().ok_or("no TLS info")?;
+    Ok(info.peer_certificate().ok_or("no peer certificate")?.to_vec())
+}
+
+#[tokio::test]
+async fn a_bring_your_own_server_certificate_replaces_the_auto_issued_one() -> TestResult {
+    // A separate CA and a server certificate for the loopback names from it.
+    let dir = tempfile::tempdir()?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "separate CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+        .signed_by(&key, &issuer)?;
+    let files = hwledger_wire::tls::ServerIdentityFiles {
+        cert: dir.path().join("server.crt"),
+        key: dir.path().join("server.key"),
+    };
+    std::fs::write(&files.cert, cert.pem())?;
+    std::fs::write(&files.key, key.serialize_pem())?;
+
+    let f = Fixture::start(move |c| c.tls_identity = Some(files)).await?;
+    let op_cert = std::fs::read(f.operator_dir.join("operator-root.crt"))?;
+    let op_key = std::fs::read(f.operator_dir.join("operator-root.key"))?;
+    let presented = presented_cert(&f.api_url(), ca_cert.pem().as_bytes(), (&op_cert, &op_key)).await?;
+    assert_eq!(presented, cert.der().to_vec(), "the operator-supplied certificate is presented");
+    assert_ne!(
+        hwledger_wire::pki::Fingerprint::of_der(&presented),
+        f.pki.server_fingerprint(),
+        "not the auto-issued one"
+    );
+    // A client trusting only the fleet CA cannot verify it; the fleet client certificate is still required.
+    let fleet_only = Client::from_bundle_dir(&f.api_url(), &f.operator_dir)?;
+    assert!(matches!(fleet_only.health().await, Err(ClientError::Transport { .. })));
+    let anonymous = Client::new(&f.api_url(), ca_cert.pem().as_bytes(), None, WAIT)?;
+    assert!(anonymous.health().await.is_err(), "no client certificate: the handshake fails");
+    // The enrollment listener presents it too.
+    let enroll = Client::new(&f.enroll_url(), ca_cert.pem().as_bytes(), None, WAIT)?;
+    assert_eq!(enroll.health().await?.status, "ok");
+    f.stop().await
+}

@@ -160,9 +160,9 @@ mod tests {
     }
 
     #[test]
-    fn token_submission_stores_only_the_hash() -> Result<(), PkiError> {
+    fn token_submission_stores_only_the_hash() -> Result<(), Box<dyn std::error::Error>> {
         let (token, sub) = bootstrap_token_submission("gpu-1", 1_000)?;
-        let text = serde_json::to_string(&sub).map_err(|e| PkiError::MalformedCsr { reason: e.to_string() })?;
+        let text = serde_json::to_string(&sub)?;
         assert!(!text.contains(token.as_str()), "{text}");
         assert!(text.contains(&token.hash().to_string()), "{text}");
         assert!(bootstrap_token_submission("bad id!", 1_000).is_err());

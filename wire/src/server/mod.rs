@@ -12,6 +12,7 @@
 //! decommissioning a device takes effect on the next request, even on an open HTTP/2 connection.
 //! Time enters through one [`Clock`].
 
+mod auth_cache;
 mod dashboard;
 pub mod errors;
 pub mod metrics;
@@ -232,6 +233,8 @@ pub(crate) struct App {
     /// Flips to `true` at shutdown; long-lived responses (SSE) end when it does.
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) sse_buffer: usize,
+    /// Successful pin checks, reused while the ledger's auth epoch is unchanged.
+    pub(crate) auth_cache: auth_cache::AuthCache,
 }
 
 /// A server with its listeners bound, not yet serving.
@@ -320,6 +323,7 @@ impl Server {
             agent_cert_validity: config.agent_cert_validity,
             shutdown: shutdown_rx,
             sse_buffer: SSE_CLIENT_BUFFER,
+            auth_cache: auth_cache::AuthCache::default(),
         });
         Ok(Server {
             addrs: RunningAddrs { api: api_addr, dashboard: dashboard_addr, enroll: enroll_addr },
