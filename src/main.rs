@@ -14,7 +14,14 @@ fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("HWLEDGER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if cli.global.verbose { "debug" } else { "info" }));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // Colour only on a terminal: under systemd or a pipe the escape codes would end up in the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
     let result = cmd::run(cli);
     if std::env::var_os("HWLEDGER_REPORT_PEAK_RSS").is_some() {
         // For `bench` W6: this process's peak resident set, from the kernel's own accounting.
@@ -29,6 +36,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
+            // A refusal (rejected command, changed host key, job not completed, a server's 4xx) is a failed
+            // check: exit 1.
             cmd::exit_code(&err)
         }
     }

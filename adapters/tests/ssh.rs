@@ -275,13 +275,15 @@ async fn run_and_cut(kill_whole_server: bool) {
         let result = session.exec("echo begun; sleep 5; echo done").await;
         (result, session.is_closed())
     });
-    // Wait (bounded) until the command is running on the server, then cut.
+    // Wait (bounded) until the command is past its `echo` — its `sleep` runs on the server — then give
+    // the echoed line a moment to reach the client, and cut. (A fixed delay after the login is not enough
+    // on a loaded machine: the command may not have printed yet.)
     let mut waited = 0;
-    while !sshd.log().contains("Accepted publickey") && waited < 100 {
+    while !sshd.descendant_cmdlines().iter().any(|c| c.starts_with("sleep 5")) && waited < 250 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += 1;
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     if kill_whole_server {
         sshd.kill_all();
     } else {

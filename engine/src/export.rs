@@ -298,6 +298,8 @@ pub fn import(path: &Path, dir: &Path) -> Result<u64, ExportError> {
         crate::store::finish_block(&mut block, count);
         batch.blocks.push((block_first, block));
     }
+    let mut commands: Vec<_> = commands.into_iter().collect();
+    commands.sort_unstable_by_key(|(_, (first_seq, _))| *first_seq);
     for (id, (first_seq, last_seq)) in commands {
         batch.commands.push((id, crate::store::CommandEntry { digest: [0; 32], first_seq, last_seq }));
     }

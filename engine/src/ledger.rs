@@ -16,6 +16,7 @@
 //! surprise (a batch either landed whole, and is found by seq after reload, or not at all).
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -232,7 +233,7 @@ impl Ledger {
         let shared = Arc::new(Shared {
             store,
             state: RwLock::new(loaded.state),
-            ids: Mutex::new(loaded.ids),
+            ids: Mutex::new(IdIndex::default()),
             tiles: RwLock::new(loaded.tiles),
             head: RwLock::new(loaded.head),
             broken: loaded.broken,
@@ -251,6 +252,12 @@ impl Ledger {
             .spawn(move || writer_loop(&w, &rx))
             .map_err(|source| StoreError::Io { op: "spawn writer thread", path: dir.to_path_buf(), source })?;
         Ok(Ledger { shared, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Has the writer load the idempotency index now, in the background, instead of at the first submission
+    /// (servers call it at start so the first command is not slowed by it).
+    pub fn warm_up(&self) {
+        drop(self.submit_many(Vec::new()));
     }
 
     /// Queues submissions; their outcomes arrive on the ticket once durable (or refused).
@@ -469,49 +476,97 @@ impl NodeSource for StoreNodes<'_> {
     }
 }
 
-/// The idempotency index, in memory: 16-byte BLAKE3 of the command id → where its events are and a
-/// 16-byte prefix of the command's digest. Rebuilt at open from the per-group `C` records, so a group commit
-/// writes one idempotency value instead of one sled key per command (sled's per-key cost bounded ingest).
-/// A hit is confirmed against the stored event's command id, so a hash collision can never return another
-/// command's receipt.
+/// The idempotency index, in memory: a 64-bit BLAKE3 prefix of every accepted command id → the seq of its
+/// last event, about 17 bytes per command (a million commands: ~34 MiB). The command's digest and first seq
+/// stay on disk in the per-group `C` records (a group commit writes one value, not one sled key per command:
+/// sled's per-key cost bounded ingest), read back only on a hit, i.e. a retry. A hit is confirmed there by the
+/// full command id, so a prefix shared with another id can never return that command's receipt; an id whose
+/// prefix is already taken is kept in full in `collided` (about one in ten million ids at a million
+/// commands), so a retry of either is always recognised.
+///
+/// Built by the writer thread when it starts, never by `open`, so a ledger opened to answer reads does not
+/// wait for it.
 #[derive(Debug, Default)]
 struct IdIndex {
-    map: HashMap<u128, IdSlot>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct IdSlot {
-    first_seq: u64,
-    last_seq: u64,
-    digest: [u8; 16],
+    map: HashMap<u64, u64, BuildHasherDefault<PrefixHasher>>,
+    collided: HashMap<String, u64>,
 }
 
 impl IdIndex {
-    fn key(id: &str) -> u128 {
+    fn key(id: &str) -> u64 {
         let h = blake3::hash(id.as_bytes());
-        let mut k = [0u8; 16];
-        k.copy_from_slice(&h.as_bytes()[..16]);
-        u128::from_le_bytes(k)
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&h.as_bytes()[..8]);
+        u64::from_le_bytes(k)
     }
 
-    fn slot(id: &str, e: &CommandEntry) -> (u128, IdSlot) {
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&e.digest[..16]);
-        (Self::key(id), IdSlot { first_seq: e.first_seq, last_seq: e.last_seq, digest })
+    /// Records `id` (not yet in the index) as ending at `last_seq`.
+    fn insert(&mut self, id: &str, last_seq: u64) {
+        self.insert_keyed(Self::key(id), id, last_seq);
     }
 
-    fn insert(&mut self, id: &str, e: &CommandEntry) {
-        let (k, v) = Self::slot(id, e);
-        self.map.insert(k, v);
+    fn insert_keyed(&mut self, key: u64, id: &str, last_seq: u64) {
+        match self.map.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(last_seq);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(id.to_owned(), last_seq);
+            }
+        }
     }
 
-    fn get(&self, id: &str) -> Option<IdSlot> {
-        self.map.get(&Self::key(id)).copied()
+    /// The stored idempotency entry of `id`, if it was accepted before.
+    fn lookup(&self, store: &Store, id: &str) -> Result<Option<CommandEntry>, StoreError> {
+        self.lookup_keyed(store, Self::key(id), id)
+    }
+
+    fn lookup_keyed(&self, store: &Store, key: u64, id: &str) -> Result<Option<CommandEntry>, StoreError> {
+        let candidates = [self.collided.get(id).copied(), self.map.get(&key).copied()];
+        for last_seq in candidates.into_iter().flatten() {
+            if let Some(e) = store.command_entry(id, last_seq)? {
+                if e.last_seq == last_seq {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
+/// Hashes the index's keys, which are already uniformly distributed BLAKE3 prefixes, by taking them as they are.
+#[derive(Debug, Default)]
+struct PrefixHasher(u64);
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Reads every stored idempotency group into an index (entries beyond `head` belong to no event and are
+/// skipped).
+fn load_ids(store: &Store, head: u64) -> Result<IdIndex, StoreError> {
+    let mut ids = IdIndex::default();
+    store.for_each_command(|id, e| {
+        if e.last_seq <= head {
+            ids.insert(id, e.last_seq);
+        }
+    })?;
+    Ok(ids)
+}
+
 struct Loaded {
-    ids: IdIndex,
     state: State,
     tiles: TileBuilder,
     head: Head,
@@ -600,13 +655,7 @@ fn load(store: &Store) -> Result<Loaded, OpenError> {
             broken = Some(format!("a checkpoint of size {size} was signed but the log has only {} events", head.seq));
         }
     }
-    let mut ids = IdIndex::default();
-    store.for_each_command(|id, e| {
-        if e.last_seq <= head.seq {
-            ids.insert(id, &e);
-        }
-    })?;
-    Ok(Loaded { ids, state, tiles, head, broken, checkpoint })
+    Ok(Loaded { state, tiles, head, broken, checkpoint })
 }
 
 fn submission_digest(sub: &Submission, ctx: &Context) -> Hash {
@@ -616,14 +665,13 @@ fn submission_digest(sub: &Submission, ctx: &Context) -> Hash {
 }
 
 /// Builds a receipt for events `[first, last]` already in the store.
-fn stored_receipt(store: &Store, command_id: &str, slot: &IdSlot) -> Result<Option<Receipt>, ReadError> {
-    let last = read_events(store, slot.last_seq, slot.last_seq)?
+fn stored_receipt(store: &Store, command_id: &str, entry: &CommandEntry) -> Result<Option<Receipt>, ReadError> {
+    let last = read_events(store, entry.last_seq, entry.last_seq)?
         .pop()
-        .ok_or(ReadError::Gap { expected: slot.last_seq, found: 0 })?;
+        .ok_or(ReadError::Gap { expected: entry.last_seq, found: 0 })?;
     if last.record.command_id != command_id {
         return Ok(None);
     }
-    let entry = slot;
     Ok(Some(Receipt {
         command_id: command_id.to_owned(),
         first_seq: entry.first_seq,
@@ -637,7 +685,21 @@ fn stored_receipt(store: &Store, command_id: &str, slot: &IdSlot) -> Result<Opti
 
 fn writer_loop(shared: &Shared, rx: &crossbeam_channel::Receiver<Request>) {
     let mut w = Writer::new(shared);
+    let mut indexed = false;
     while let Ok(first) = rx.recv() {
+        if !indexed {
+            // The idempotency index is built when the first request arrives (or `warm_up` asks), not in `open`:
+            // a ledger opened to answer reads never pays for it.
+            indexed = true;
+            let head = shared.head.read().seq;
+            match load_ids(&shared.store, head) {
+                Ok(ids) => *shared.ids.lock() = ids,
+                Err(e) => {
+                    tracing::error!("idempotency index unreadable, writes refused: {e}");
+                    w.ids_unavailable = Some(format!("idempotency index unreadable: {e}"));
+                }
+            }
+        }
         let mut requests = vec![first];
         let mut n = requests[0].items.len();
         while n < shared.options.max_group {
@@ -665,6 +727,8 @@ struct Writer<'a> {
     block: Vec<u8>,
     events_since_snapshot: u64,
     last_checkpoint_at: Option<UnixMillis>,
+    /// Set when the idempotency records could not be read: accepting a command then could duplicate a retry.
+    ids_unavailable: Option<String>,
 }
 
 impl<'a> Writer<'a> {
@@ -674,15 +738,23 @@ impl<'a> Writer<'a> {
             block: Vec::with_capacity(MAX_BLOCK_BYTES + 4096),
             events_since_snapshot: 0,
             last_checkpoint_at: None,
+            ids_unavailable: None,
         }
     }
 
     fn process(&mut self, requests: Vec<Request>) {
         let shared = self.shared;
-        if let Some(why) = &shared.broken {
+        if let Some(why) = shared.broken.as_ref().or(self.ids_unavailable.as_ref()) {
             for r in requests {
                 let n = r.items.len();
                 let _ = r.reply.send(vec![Err(SubmitError::Broken(why.clone())); n]);
+            }
+            return;
+        }
+        if requests.iter().all(|r| r.items.is_empty() && r.sign_now.is_none()) {
+            // Nothing to decide (e.g. `warm_up`): no group, no checkpoint, no clock reading to go by.
+            for r in requests {
+                let _ = r.reply.send(Vec::new());
             }
             return;
         }
@@ -726,11 +798,17 @@ impl<'a> Writer<'a> {
                     }));
                     continue;
                 }
-                let known = ids.get(&sub.command_id);
-                if let Some(slot) = known {
+                let known = match ids.lookup(&shared.store, &sub.command_id) {
+                    Ok(known) => known,
+                    Err(e) => {
+                        out.push(Err(SubmitError::Storage(e.to_string())));
+                        continue;
+                    }
+                };
+                if let Some(entry) = known {
                     // An all-zero digest marks an imported entry whose command body is unknown.
-                    let same = slot.digest == digest[..16] || slot.digest == [0; 16];
-                    match stored_receipt(&shared.store, &sub.command_id, &slot) {
+                    let same = entry.digest == digest || entry.digest == [0; 32];
+                    match stored_receipt(&shared.store, &sub.command_id, &entry) {
                         Err(e) => {
                             out.push(Err(SubmitError::Storage(e.to_string())));
                             continue;
@@ -875,11 +953,28 @@ impl<'a> Writer<'a> {
             drop(tiles);
         }
         let nothing_to_write = batch.blocks.is_empty() && batch.checkpoints.is_empty();
-        let new_ids: Vec<(u128, IdSlot)> = batch.commands.iter().map(|(id, e)| IdIndex::slot(id, e)).collect();
+        // Index entries to add once durable; an id whose prefix is taken is cloned in full (rare).
+        let mut group_keys = std::collections::HashSet::with_capacity(batch.commands.len());
+        let new_ids: Vec<(u64, u64, Option<String>)> = batch
+            .commands
+            .iter()
+            .map(|(id, e)| {
+                let key = IdIndex::key(id);
+                let taken = ids.map.contains_key(&key) || !group_keys.insert(key);
+                (key, e.last_seq, taken.then(|| id.clone()))
+            })
+            .collect();
         let result = if nothing_to_write { Ok(()) } else { shared.store.commit(batch) };
         match result {
             Ok(()) => {
-                ids.map.extend(new_ids);
+                for (key, last_seq, full) in new_ids {
+                    match full {
+                        Some(id) => ids.insert(&id, last_seq),
+                        None => {
+                            ids.map.insert(key, last_seq);
+                        }
+                    }
+                }
                 drop(ids);
                 *shared.head.write() = head;
                 if committed.iter().any(|e| !AUTH_NEUTRAL_EVENTS.contains(&e.record.event.type_name())) {
@@ -900,9 +995,9 @@ impl<'a> Writer<'a> {
             Err(e) => {
                 tracing::error!("group commit failed, nothing acknowledged: {e}");
                 // Reload what is really on disk so the next group decides against the truth.
-                match load(&shared.store) {
-                    Ok(l) => {
-                        *ids = l.ids;
+                match load(&shared.store).and_then(|l| Ok((load_ids(&shared.store, l.head.seq)?, l))) {
+                    Ok((reloaded_ids, l)) => {
+                        *ids = reloaded_ids;
                         *state = l.state;
                         *shared.tiles.write() = l.tiles;
                         *shared.head.write() = l.head;
@@ -925,5 +1020,38 @@ impl<'a> Writer<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CommitBatch;
+
+    fn entry(byte: u8, first_seq: u64, last_seq: u64) -> CommandEntry {
+        CommandEntry { digest: [byte; 32], first_seq, last_seq }
+    }
+
+    /// Two ids sharing an index prefix (forced here; about one in ten million at a million commands) are both
+    /// found, each with its own entry, and a third id with that prefix is not mistaken for either.
+    #[test]
+    fn ids_sharing_a_prefix_are_told_apart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open store");
+        let (a, b) = (entry(1, 1, 1), entry(2, 2, 3));
+        store.commit(CommitBatch { commands: vec![("a".into(), a)], ..CommitBatch::default() }).expect("commit a");
+        store.commit(CommitBatch { commands: vec![("b".into(), b)], ..CommitBatch::default() }).expect("commit b");
+        let mut ids = IdIndex::default();
+        ids.insert_keyed(7, "a", a.last_seq);
+        ids.insert_keyed(7, "b", b.last_seq);
+        assert_eq!(ids.collided.len(), 1, "the second id is kept in full");
+        assert_eq!(ids.lookup_keyed(&store, 7, "a").expect("lookup a"), Some(a));
+        assert_eq!(ids.lookup_keyed(&store, 7, "b").expect("lookup b"), Some(b));
+        assert_eq!(ids.lookup_keyed(&store, 7, "c").expect("lookup c"), None);
+        // Rebuilt from the store, the real (distinct) prefixes find both.
+        let loaded = load_ids(&store, 3).expect("load");
+        assert_eq!(loaded.lookup(&store, "a").expect("a"), Some(a));
+        assert_eq!(loaded.lookup(&store, "b").expect("b"), Some(b));
+        assert_eq!(loaded.lookup(&store, "c").expect("c"), None);
     }
 }

@@ -168,6 +168,20 @@ pub fn decode_command_group(v: &[u8], mut f: impl FnMut(&str, CommandEntry)) -> 
     if rest.is_empty() { Ok(()) } else { Err(bad()) }
 }
 
+/// Length of an idempotency value in the first build's layout (kept readable: `fixtures/ledgers/v1`): one key
+/// per command, `C ‖ command id` → digest ‖ first seq (u64 BE) ‖ last seq (u64 BE). A group value is never this
+/// long (its smallest is 4 + 2 + 1 + 48).
+const V1_ENTRY_LEN: usize = 48;
+
+fn decode_v1_entry(v: &[u8]) -> Result<CommandEntry, StoreError> {
+    let bad = || StoreError::Corrupt("idempotency entry is malformed".into());
+    Ok(CommandEntry {
+        digest: v.get(..32).and_then(|b| b.try_into().ok()).ok_or_else(bad)?,
+        first_seq: u64::from_be_bytes(v.get(32..40).and_then(|b| b.try_into().ok()).ok_or_else(bad)?),
+        last_seq: u64::from_be_bytes(v.get(40..48).and_then(|b| b.try_into().ok()).ok_or_else(bad)?),
+    })
+}
+
 /// Everything one group commit writes, applied atomically.
 #[derive(Debug, Default)]
 pub struct CommitBatch {
@@ -256,8 +270,9 @@ impl Store {
         for (seq, bytes) in batch.blocks {
             b.insert(&block_key(seq), bytes);
         }
-        if let Some((_, first)) = batch.commands.first() {
-            b.insert(key(b'C', &first.first_seq.to_be_bytes()), encode_command_group(&batch.commands));
+        // Keyed by the group's lowest first seq, so the group covering a seq is the greatest key ≤ it.
+        if let Some(lowest) = batch.commands.iter().map(|(_, e)| e.first_seq).min() {
+            b.insert(key(b'C', &lowest.to_be_bytes()), encode_command_group(&batch.commands));
         }
         for (level, index, bytes) in batch.tiles {
             b.insert(&tile_key(level, index), bytes);
@@ -289,24 +304,51 @@ impl Store {
     pub fn for_each_command(&self, mut f: impl FnMut(&str, CommandEntry)) -> Result<(), StoreError> {
         for r in self.tree.scan_prefix([b'C']) {
             let (k, v) = r?;
-            if v.len() == 48 {
-                // Layout of the first build (kept readable: fixtures/ledgers/v1): one key per command,
-                // `C ‖ command id` → digest ‖ first seq (u64 BE) ‖ last seq (u64 BE). A group value is never
-                // 48 bytes long (its smallest is 4 + 2 + 1 + 48).
+            if v.len() == V1_ENTRY_LEN {
                 let id =
                     std::str::from_utf8(&k[1..]).map_err(|_| StoreError::Corrupt("command id is not UTF-8".into()))?;
-                let bad = || StoreError::Corrupt("idempotency entry is malformed".into());
-                let entry = CommandEntry {
-                    digest: v[..32].try_into().map_err(|_| bad())?,
-                    first_seq: u64::from_be_bytes(v[32..40].try_into().map_err(|_| bad())?),
-                    last_seq: u64::from_be_bytes(v[40..48].try_into().map_err(|_| bad())?),
-                };
-                f(id, entry);
+                f(id, decode_v1_entry(&v)?);
                 continue;
             }
             decode_command_group(&v, &mut f)?;
         }
         Ok(())
+    }
+
+    /// The idempotency entry of `command_id`, whose last event is `last_seq`: found in the group record
+    /// covering `last_seq` (the greatest group key ≤ it), or under the first build's one-key-per-command layout.
+    /// `None` if neither holds that id (the in-memory index matched only a hash prefix of another id).
+    pub fn command_entry(&self, command_id: &str, last_seq: u64) -> Result<Option<CommandEntry>, StoreError> {
+        let lo = key(b'C', &0u64.to_be_bytes());
+        let hi = key(b'C', &last_seq.to_be_bytes());
+        if let Some(r) = self.tree.range(lo..=hi).next_back() {
+            let (_, v) = r?;
+            let mut found = None;
+            decode_command_group(&v, |id, e| {
+                if found.is_none() && id == command_id {
+                    found = Some(e);
+                }
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        // The first build's layout: `C ‖ command id` → 48 bytes (see `for_each_command`). Its keys never fall in
+        // the range above: ids are printable ASCII, group keys start with the seq's zero high byte.
+        if let Some(v) = self.tree.get(key(b'C', command_id.as_bytes()))? {
+            if v.len() == V1_ENTRY_LEN {
+                return decode_v1_entry(&v).map(Some);
+            }
+        }
+        // Not where it should be: an index prefix shared with another id (about one in ten million), or an
+        // import by an earlier build, which keyed its one group by an arbitrary entry. Look everywhere.
+        let mut found = None;
+        self.for_each_command(|id, e| {
+            if found.is_none() && id == command_id && e.last_seq == last_seq {
+                found = Some(e);
+            }
+        })?;
+        Ok(found)
     }
 
     /// The block containing `seq` (greatest first seq ≤ seq).

@@ -76,6 +76,24 @@ fn receipts_are_gapless_and_retries_are_idempotent_across_restarts() {
     assert_eq!(ledger.head().seq, 11, "nothing appended by a duplicate or a conflict");
 }
 
+/// Regression: an empty request (what `warm_up` sends) once signed a checkpoint stamped with no time, and the
+/// next group's staleness arithmetic overflowed and killed the writer ("ledger is closed" ever after).
+#[test]
+fn warm_up_between_groups_leaves_the_writer_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = filled(dir.path(), 3);
+    ledger.warm_up();
+    assert!(ledger.submit_many(Vec::new()).wait().is_empty());
+    let r = ledger.submit(sub("hb-after", telemetry("dev-1", 100)), op()).unwrap();
+    assert!(matches!(r, Outcome::Accepted(_)), "{r:?}");
+    drop(ledger);
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    ledger.warm_up();
+    let r = ledger.submit(sub("hb-reopened", telemetry("dev-1", 101)), op()).unwrap();
+    assert!(matches!(r, Outcome::Accepted(_)), "{r:?}");
+    assert_eq!(ledger.head().seq, 6);
+}
+
 #[test]
 fn expected_version_is_enforced() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@
 //! (for staleness, windows) is a parameter of the read, so a projection's state and digest depend only on the
 //! events applied.
 
+mod checkpoint_file;
 pub mod cost;
 pub mod dashboard;
 pub mod projection;

@@ -55,7 +55,7 @@ pub enum StateDecodeError {
 /// Implementations must be deterministic: the same events in the same order give the same state and the same
 /// digest, whether applied live, replayed, or resumed from a persisted checkpoint.
 pub trait Projection: Send + Sync {
-    /// Stable name; also names the projection's sled tree (`projection.<name>`).
+    /// Stable name; also names the projection's checkpoint file (`projections/<name>.ckpt`).
     fn name(&self) -> &'static str;
     /// Version of the projection's code. Bump it whenever `apply` or the state layout changes: a persisted
     /// state of another version is discarded and the projection rebuilt from the log.

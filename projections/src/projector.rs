@@ -2,8 +2,8 @@
 //!
 //! ## Persistence
 //!
-//! Each projection has its own sled tree (`projection.<name>`) in the ledger's database, holding one value
-//! under the key `state`:
+//! Each projection has one checkpoint file, `<store dir>/projections/<name>.ckpt` (replaced atomically; see
+//! [`crate::checkpoint_file`] for why it is not a sled value):
 //!
 //! ```text
 //! 0x01 (format) ‖ version (u32 LE) ‖ seq (u64 LE) ‖ chain hash at seq (32 bytes) ‖ bincode(state)
@@ -44,14 +44,13 @@ use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::checkpoint_file::CheckpointFile;
 use crate::cost::{Cost, CostReport, GroupBy, JobView};
 use crate::dashboard::{Dashboard, DashboardView};
 use crate::projection::{Digest, Projection};
 use crate::registry::{DeviceView, Registry};
 use crate::snapshots::{DeviceTelemetry, Snapshots};
 
-/// Key of the checkpoint value in each projection's tree.
-const STATE_KEY: &[u8] = b"state";
 /// Checkpoint value format version.
 const STATE_FORMAT_V1: u8 = 1;
 /// Bytes before the state in a checkpoint value: format, version, seq, hash.
@@ -104,10 +103,6 @@ impl ProjectionName {
             ProjectionName::Dashboard => 3,
         }
     }
-
-    fn tree_name(self) -> String {
-        format!("projection.{}", self.as_str())
-    }
 }
 
 impl std::fmt::Display for ProjectionName {
@@ -136,13 +131,17 @@ pub enum ProjectionError {
     /// Opening a tree or reading the store failed.
     #[error("projection storage: {0}")]
     Store(#[from] StoreError),
-    /// Writing or flushing a projection's checkpoint failed.
-    #[error("writing the {projection} checkpoint: {source}")]
+    /// Writing or reading a projection's checkpoint file failed.
+    #[error("{op} the {projection} checkpoint {path}: {source}")]
     Persist {
+        /// What was being done.
+        op: &'static str,
         /// Which projection.
         projection: ProjectionName,
-        /// sled's error.
-        source: sled::Error,
+        /// The checkpoint file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// Reading the log failed (framing, decoding or a gap in the log).
     #[error("reading the log for projections: {0}")]
@@ -267,7 +266,7 @@ impl Live {
         seq: u64,
         hash: &Hash,
         record: &EventRecord,
-        trees: &[sled::Tree; 4],
+        files: &[CheckpointFile; 4],
         persist_every: u64,
     ) -> Result<Result<(), Gap>, ProjectionError> {
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -282,7 +281,7 @@ impl Live {
             slot.seq = seq;
             slot.hash = *hash;
             if slot.seq - slot.persisted_seq >= persist_every {
-                persist_slot(&trees[i], ProjectionName::ALL[i], p, slot)?;
+                persist_slot(&files[i], ProjectionName::ALL[i], p, slot)?;
             }
         }
         Ok(Ok(()))
@@ -290,21 +289,33 @@ impl Live {
 }
 
 fn persist_slot(
-    tree: &sled::Tree,
+    file: &CheckpointFile,
     name: ProjectionName,
     p: &dyn Projection,
     slot: &mut Slot,
 ) -> Result<(), ProjectionError> {
     let state = p.encode();
-    let mut value = Vec::with_capacity(HEADER_LEN + state.len());
-    value.push(STATE_FORMAT_V1);
-    value.extend_from_slice(&p.version().to_le_bytes());
-    value.extend_from_slice(&slot.seq.to_le_bytes());
-    value.extend_from_slice(&slot.hash);
-    value.extend_from_slice(&state);
-    tree.insert(STATE_KEY, value).map_err(|source| ProjectionError::Persist { projection: name, source })?;
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.push(STATE_FORMAT_V1);
+    header.extend_from_slice(&p.version().to_le_bytes());
+    header.extend_from_slice(&slot.seq.to_le_bytes());
+    header.extend_from_slice(&slot.hash);
+    // One file holds header and state, replaced atomically and durably, so a killed process resumes from here
+    // and state and seq never disagree.
+    file.write(&[&header, &state]).map_err(|source| persist_error("writing", name, file, source))?;
     slot.persisted_seq = slot.seq;
+    // Operators see checkpoints with HWLEDGER_LOG=debug; the catch-up kill test parses this line.
+    tracing::debug!(projection = %name, seq = slot.seq, "projection checkpoint written");
     Ok(())
+}
+
+fn persist_error(
+    op: &'static str,
+    projection: ProjectionName,
+    file: &CheckpointFile,
+    source: std::io::Error,
+) -> ProjectionError {
+    ProjectionError::Persist { op, projection, path: file.path().to_path_buf(), source }
 }
 
 /// A checkpoint value's header.
@@ -345,7 +356,7 @@ pub fn log_head(store: &Store) -> Result<u64, ProjectionError> {
 
 /// Loads a projection from its checkpoint, or starts it fresh (saying why).
 fn load<P: Projection + Default>(
-    tree: &sled::Tree,
+    file: &CheckpointFile,
     store: &Store,
     head: u64,
     name: ProjectionName,
@@ -354,7 +365,7 @@ fn load<P: Projection + Default>(
         tracing::info!(projection = %name, "rebuilding from the log: {why}");
         (P::default(), Slot { seq: 0, hash: [0; 32], persisted_seq: 0, loaded_seq: 0, rebuilt: Some(why) })
     };
-    let value = match tree.get(STATE_KEY).map_err(StoreError::Sled)? {
+    let value = match file.read().map_err(|source| persist_error("reading", name, file, source))? {
         None => return Ok(fresh("no checkpoint".to_owned())),
         Some(v) => v,
     };
@@ -464,7 +475,7 @@ pub struct Projector {
     /// Lowest seq applied by every projection; `wait_for` sleeps on `applied_changed`.
     applied: Mutex<u64>,
     applied_changed: Condvar,
-    trees: [sled::Tree; 4],
+    files: [CheckpointFile; 4],
     options: ProjectorOptions,
 }
 
@@ -479,24 +490,36 @@ impl Projector {
     /// catches them up to the end of the log.
     pub fn open(store: &Store, options: ProjectorOptions) -> Result<Projector, ProjectionError> {
         let head = log_head(store)?;
-        let tree = |n: ProjectionName| store.open_tree(&n.tree_name());
-        let trees = [
-            tree(ProjectionName::Registry)?,
-            tree(ProjectionName::Snapshots)?,
-            tree(ProjectionName::Cost)?,
-            tree(ProjectionName::Dashboard)?,
+        let file = |n: ProjectionName| {
+            CheckpointFile::open(store.dir(), n.as_str()).map_err(|source| ProjectionError::Persist {
+                op: "opening",
+                projection: n,
+                path: store.dir().join("projections"),
+                source,
+            })
+        };
+        // Earlier builds kept checkpoints in sled trees `projection.<name>`: free that space (they are only
+        // caches; the projections are rebuilt from the log once).
+        for n in ProjectionName::ALL {
+            store.drop_tree(&format!("projection.{}", n.as_str()))?;
+        }
+        let files = [
+            file(ProjectionName::Registry)?,
+            file(ProjectionName::Snapshots)?,
+            file(ProjectionName::Cost)?,
+            file(ProjectionName::Dashboard)?,
         ];
-        let (registry, s0) = load::<Registry>(&trees[0], store, head, ProjectionName::Registry)?;
-        let (snapshots, s1) = load::<Snapshots>(&trees[1], store, head, ProjectionName::Snapshots)?;
-        let (cost, s2) = load::<Cost>(&trees[2], store, head, ProjectionName::Cost)?;
-        let (dashboard, s3) = load::<Dashboard>(&trees[3], store, head, ProjectionName::Dashboard)?;
+        let (registry, s0) = load::<Registry>(&files[0], store, head, ProjectionName::Registry)?;
+        let (snapshots, s1) = load::<Snapshots>(&files[1], store, head, ProjectionName::Snapshots)?;
+        let (cost, s2) = load::<Cost>(&files[2], store, head, ProjectionName::Cost)?;
+        let (dashboard, s3) = load::<Dashboard>(&files[3], store, head, ProjectionName::Dashboard)?;
         let live = Live { projections: Projections { registry, snapshots, cost, dashboard }, slots: [s0, s1, s2, s3] };
         let applied = live.min_seq();
         let projector = Projector {
             live: RwLock::new(live),
             applied: Mutex::new(applied),
             applied_changed: Condvar::new(),
-            trees,
+            files,
             options: ProjectorOptions { persist_every: options.persist_every.max(1) },
         };
         projector.catch_up(store)?;
@@ -519,7 +542,7 @@ impl Projector {
         let mut live = self.live.write();
         let mut outcome = Ok(());
         for (seq, hash, record) in events {
-            outcome = live.apply(seq, hash, record, &self.trees, self.options.persist_every)?;
+            outcome = live.apply(seq, hash, record, &self.files, self.options.persist_every)?;
             if outcome.is_err() {
                 break;
             }
@@ -612,9 +635,11 @@ impl Projector {
         let mut live = self.live.write();
         let Live { projections, slots } = &mut *live;
         for (i, slot) in slots.iter_mut().enumerate() {
-            let name = ProjectionName::ALL[i];
-            persist_slot(&self.trees[i], name, projections.get_mut(i), slot)?;
-            self.trees[i].flush().map_err(|source| ProjectionError::Persist { projection: name, source })?;
+            // Nothing new since the last checkpoint (a read-only CLI run): rewriting it would only cost I/O.
+            if slot.persisted_seq == slot.seq {
+                continue;
+            }
+            persist_slot(&self.files[i], ProjectionName::ALL[i], projections.get_mut(i), slot)?;
         }
         Ok(())
     }
@@ -652,7 +677,7 @@ impl Projector {
                     })?;
                     seq_hash = (live_seq, live_hash);
                 }
-                self.trees[i].clear().map_err(|source| ProjectionError::Persist { projection: *n, source })?;
+                self.files[i].clear().map_err(|source| persist_error("removing", *n, &self.files[i], source))?;
                 let Live { projections, slots } = &mut *live;
                 match n {
                     ProjectionName::Registry => std::mem::swap(&mut projections.registry, &mut fresh.registry),
@@ -668,7 +693,7 @@ impl Projector {
                     loaded_seq: 0,
                     rebuilt: Some("on command".into()),
                 };
-                persist_slot(&self.trees[i], *n, projections.get_mut(i), slot)?;
+                persist_slot(&self.files[i], *n, projections.get_mut(i), slot)?;
             }
             self.publish_applied(live.min_seq());
         }

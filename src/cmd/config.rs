@@ -8,6 +8,26 @@
 //! dashboard_listen = "127.0.0.1:8080" # always loopback
 //! server = "https://ledger.lan:8443"  # HWLEDGER_SERVER, --server: act on a server, not the data directory
 //! bundle = "/etc/hwledger/operator"   # HWLEDGER_BUNDLE, --bundle: credentials for `server`
+//! tailscale_bin = "tailscale"          # `discover tailscale`, --tailscale-bin
+//!
+//! [ssh]                                # defaults for agentless hosts
+//! key = "/home/ops/.ssh/id_ed25519"    # ed25519 or ECDSA, unencrypted
+//! known_hosts = "/home/ops/.ssh/known_hosts"  # omit: trust on first use, pinned in the ledger
+//! connect_timeout_secs = 10
+//! probe_timeout_secs = 30
+//! concurrency = 8                      # probes in flight for `probe --all`
+//!
+//! [[ssh_hosts]]                        # `probe --all`, `dispatch --device`
+//! device_id = "gpu-box-1"
+//! target = "ops@10.0.0.7:22"
+//! key = "/home/ops/.ssh/id_gpu"        # optional, else [ssh].key
+//! known_hosts = "/etc/ssh/ssh_known_hosts"  # optional, else [ssh].known_hosts, else TOFU
+//!
+//! [clouds]
+//! cache_ttl_secs = 3600                # rental price cache (<data>/cache/prices.json)
+//! [clouds.vast]                        # also runpod, lambda; a provider is used when it has a
+//! base_url = "https://console.vast.ai" # table here or its key variable (VAST_API_KEY, ...) is set
+//! api_key = "..."                      # the environment variable overrides it; never logged
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,6 +58,119 @@ pub struct Config {
     pub server: Option<String>,
     /// The credential bundle directory for `server`.
     pub bundle: Option<PathBuf>,
+    /// The `tailscale` binary `discover tailscale` runs.
+    pub tailscale_bin: PathBuf,
+    /// Defaults for agentless SSH hosts.
+    pub ssh: SshSettings,
+    /// Agentless hosts (`probe --all`, `dispatch`).
+    pub ssh_hosts: Vec<SshHostConfig>,
+    /// Rental-cloud providers.
+    pub clouds: CloudSettings,
+}
+
+/// `[ssh]`: defaults for every agentless host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshSettings {
+    /// Client key used when a host names none.
+    pub key: Option<PathBuf>,
+    /// known_hosts file used when a host names none; neither = trust on first use, pinned in the ledger.
+    pub known_hosts: Option<PathBuf>,
+    /// TCP connect + key exchange + authentication.
+    pub connect_timeout_secs: u64,
+    /// One GPU-tool command of a probe.
+    pub probe_timeout_secs: u64,
+    /// Probes in flight during `probe --all`.
+    pub concurrency: usize,
+    /// Live sessions of the probe pool (overall / per host).
+    pub max_sessions: usize,
+    /// See `max_sessions`.
+    pub max_per_host: usize,
+}
+
+impl Default for SshSettings {
+    fn default() -> SshSettings {
+        SshSettings {
+            key: None,
+            known_hosts: None,
+            connect_timeout_secs: 10,
+            probe_timeout_secs: 30,
+            concurrency: 8,
+            max_sessions: 64,
+            max_per_host: 2,
+        }
+    }
+}
+
+/// `[[ssh_hosts]]`: one agentless host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshHostConfig {
+    /// The device it is in the ledger (enrolled as kind `ssh` on its first successful probe).
+    pub device_id: String,
+    /// `user@host[:port]`.
+    pub target: String,
+    /// Client key (else `[ssh].key`).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// known_hosts file (else `[ssh].known_hosts`, else trust on first use).
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// `[clouds]`: rental providers and the price cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudSettings {
+    /// How long a fetched price stays fresh.
+    pub cache_ttl_secs: u64,
+    /// Vast.ai.
+    pub vast: Option<ProviderSettings>,
+    /// RunPod.
+    pub runpod: Option<ProviderSettings>,
+    /// Lambda.
+    pub lambda: Option<ProviderSettings>,
+}
+
+impl Default for CloudSettings {
+    fn default() -> CloudSettings {
+        CloudSettings { cache_ttl_secs: 3600, vast: None, runpod: None, lambda: None }
+    }
+}
+
+impl CloudSettings {
+    /// The table of `provider`, if the file has one.
+    pub fn provider(&self, provider: hwledger_adapters::cloud::Provider) -> Option<&ProviderSettings> {
+        use hwledger_adapters::cloud::Provider;
+        match provider {
+            Provider::Vast => self.vast.as_ref(),
+            Provider::RunPod => self.runpod.as_ref(),
+            Provider::Lambda => self.lambda.as_ref(),
+        }
+    }
+}
+
+/// `[clouds.<provider>]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSettings {
+    /// API base URL (default: the provider's real API).
+    pub base_url: Option<String>,
+    /// API key; the provider's environment variable (`VAST_API_KEY`, ...) overrides it.
+    pub api_key: Option<Secret>,
+    /// Request timeout.
+    pub timeout_secs: Option<u64>,
+}
+
+/// A secret from the configuration file: `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for Config {
@@ -51,6 +184,10 @@ impl Default for Config {
             dashboard_listen: "127.0.0.1:8080".into(),
             server: None,
             bundle: None,
+            tailscale_bin: PathBuf::from("tailscale"),
+            ssh: SshSettings::default(),
+            ssh_hosts: Vec::new(),
+            clouds: CloudSettings::default(),
         }
     }
 }
@@ -110,6 +247,11 @@ impl Config {
             _ => anyhow::bail!("--cert, --key and --ca go together (or use --bundle DIR alone)"),
         };
         Ok(Some(RemoteSettings { url, credentials }))
+    }
+
+    /// The on-disk rental price cache (derived data; safe to delete).
+    pub fn price_cache_path(&self) -> PathBuf {
+        self.data_dir.join("cache").join("prices.json")
     }
 
     /// Directory of the log signing key.

@@ -1,11 +1,17 @@
 //! Subcommands. Each is a thin call into the libraries plus rendering (human or `--json`).
 
+mod agent;
 mod bench;
 mod bench_wire;
 mod config;
+mod discover;
+mod dispatch;
+pub mod fleet;
 mod ledger_tools;
+mod market;
 mod parse;
 mod pki;
+mod probe;
 mod reads;
 mod serve;
 pub mod target;
@@ -45,6 +51,9 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent on a device: heartbeats with GPU telemetry through an on-disk outbox
+    /// (`agent --server URL --bundle DIR`), or `agent status` to show the outbox.
+    Agent(agent::AgentArgs),
     /// Open the store and serve until Ctrl-C.
     Serve(serve::ServeArgs),
     /// Submit commands (JSON: one submission, an array, or one per line) to the data directory or `--server`.
@@ -83,6 +92,18 @@ pub enum Command {
     Cost(reads::ReadArgs),
     /// The operator dashboard.
     Dashboard(reads::ReadArgs),
+    /// Probe agentless GPU hosts over SSH and record what they report (`probe ssh user@host[:port] --key FILE`, `probe --all`).
+    Probe(probe::ProbeArgs),
+    /// Run a job on an agentless host over SSH exec, recording dispatch, start and end (`-- COMMAND…`).
+    Dispatch(dispatch::DispatchArgs),
+    /// Where a job needing `--vram MB` could run: enrolled devices with free VRAM and rental offers, cheapest first.
+    Suggest(market::SuggestArgs),
+    /// The cheapest current rental offer per GPU type (`--gpu NAME`), through the one-hour price cache.
+    Prices(market::PricesArgs),
+    /// Rental instances on the providers' accounts: `rentals sync` records them as rental devices.
+    Rentals(market::RentalsArgs),
+    /// Find machines not yet in the fleet: `discover tailscale [--enroll PEER...]`.
+    Discover(discover::DiscoverArgs),
     /// Parse a captured GPU tool output (`--format nvidia-smi-csv|nvidia-smi-xml|rocm-smi|amd-smi|system-profiler|tailscale FILE|-`).
     Parse(parse::ParseArgs),
 }
@@ -91,6 +112,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.global)?;
     match cli.command {
+        Command::Agent(a) => agent::run(&cli.global, a),
         Command::Serve(a) => serve::run(&config, &cli.global, a),
         Command::Submit(a) => ledger_tools::submit(&config, &cli.global, a),
         Command::Log(a) => ledger_tools::log(&config, &cli.global, a),
@@ -111,16 +133,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cost(a) => reads::run(&config, &cli.global, reads::Read::Cost, a),
         Command::Dashboard(a) => reads::run(&config, &cli.global, reads::Read::Dashboard, a),
         Command::Parse(a) => parse::run(&cli.global, a),
+        Command::Probe(a) => probe::run(&config, &cli.global, a),
+        Command::Dispatch(a) => dispatch::run(&config, &cli.global, a),
+        Command::Suggest(a) => market::suggest_cmd(&config, &cli.global, a),
+        Command::Prices(a) => market::prices(&config, &cli.global, a),
+        Command::Rentals(a) => market::rentals(&config, &cli.global, a),
+        Command::Discover(a) => discover::run(&config, &cli.global, a),
     }
 }
 
-/// The exit code of a failed command: 1 when a server refused the request (a 4xx answer: rejected,
-/// forbidden, not pinned, conflict), 2 for everything else (usage, configuration, I/O, unreachable server).
+/// The exit code of a failed command: 1 when a check failed or a server refused the request (a
+/// [`fleet::CheckFailed`], or a 4xx answer: rejected, forbidden, not pinned, conflict), 2 for everything else
+/// (usage, configuration, I/O, unreachable server).
 pub fn exit_code(err: &anyhow::Error) -> ExitCode {
     let refused = err.chain().any(|e| {
-        e.downcast_ref::<hwledger_wire::client::ClientError>()
-            .and_then(hwledger_wire::client::ClientError::status)
-            .is_some_and(|s| (400..500).contains(&s))
+        e.is::<fleet::CheckFailed>()
+            || e.downcast_ref::<hwledger_wire::client::ClientError>()
+                .and_then(hwledger_wire::client::ClientError::status)
+                .is_some_and(|s| (400..500).contains(&s))
     });
     ExitCode::from(if refused { 1 } else { 2 })
 }

@@ -51,6 +51,7 @@ pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<
     };
     let now = time::OffsetDateTime::now_utc();
     let ledger = Arc::new(config.open_ledger()?);
+    ledger.warm_up();
     let pki = Arc::new(Pki::init(&config.data_dir.join("pki"), PkiOptions::default(), now).context("initialise PKI")?);
     let operator_dir = config.data_dir.join("operator");
     let op = ensure_bootstrap_operator(&ledger, &pki, &operator_dir, "admin", time::Duration::days(365), now)

@@ -81,7 +81,7 @@ pub struct Remote {
 /// Where the command acts.
 pub enum Target {
     /// The local data directory (opened per operation; it must not be in use by a running server).
-    Local(Config),
+    Local(Box<Config>),
     /// A server.
     Remote(Remote),
 }
@@ -95,7 +95,7 @@ impl Target {
     /// The target the flags, environment and configuration name.
     pub fn resolve(config: &Config, args: &RemoteArgs) -> anyhow::Result<Target> {
         match config.remote(args)? {
-            None => Ok(Target::Local(config.clone())),
+            None => Ok(Target::Local(Box::new(config.clone()))),
             Some(settings) => {
                 let client = match &settings.credentials {
                     Credentials::Bundle(dir) => Client::from_bundle_dir(&settings.url, dir),

@@ -109,35 +109,89 @@ impl PriceCache {
     /// For every GPU type present in the fresh entries, the available offer with the lowest price
     /// per GPU-hour across all providers; sorted by that price, cheapest first (ties by GPU type).
     pub fn cheapest_per_gpu_type(&self, now: Instant) -> Vec<CheapestOffer> {
-        let mut best: HashMap<String, &PriceOffer> = HashMap::new();
-        let fresh_offers = self
+        cheapest_per_gpu_type(
+            self.entries.values().filter(|entry| self.is_fresh(entry, now)).flat_map(|entry| entry.offers.iter()),
+        )
+    }
+
+    /// Every fresh entry at `now` with its age, so a caller can persist the cache (see
+    /// [`super::PriceCacheFile`]); sorted by provider and filter.
+    pub fn fresh_entries(&self, now: Instant) -> Vec<CachedQuotes> {
+        let mut out: Vec<CachedQuotes> = self
             .entries
-            .values()
+            .iter()
+            .filter(|(_, entry)| self.is_fresh(entry, now))
+            .map(|(key, entry)| CachedQuotes {
+                provider: key.provider,
+                filter: key.filter.clone(),
+                age: now.saturating_duration_since(entry.fetched_at),
+                offers: entry.offers.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.provider.cmp(&b.provider).then_with(|| a.filter.cmp(&b.filter)));
+        out
+    }
+
+    /// How long ago (as of `now`) the entry for `provider` and `filter` was fetched, if it is fresh.
+    pub fn age(&self, provider: Provider, filter: Option<&str>, now: Instant) -> Option<Duration> {
+        self.entries
+            .get(&CacheKey::new(provider, filter))
             .filter(|entry| self.is_fresh(entry, now))
-            .flat_map(|entry| entry.offers.iter())
-            .filter(|offer| offer.available && offer.price_per_gpu_hour_usd.is_finite());
-        for offer in fresh_offers {
-            let key = gpu_type_key(&offer.gpu_name);
-            if key.is_empty() {
-                continue;
-            }
-            match best.get(&key) {
-                Some(current) if !cheaper(offer, current) => {}
-                _ => {
-                    best.insert(key, offer);
-                }
+            .map(|entry| now.saturating_duration_since(entry.fetched_at))
+    }
+
+    /// Puts back an entry that was fetched `age` before `now` (read from disk). An entry already
+    /// older than the TTL, or one too old for this process's monotonic clock to express, is dropped.
+    pub fn restore(&mut self, quotes: CachedQuotes, now: Instant) {
+        if quotes.age >= self.ttl {
+            return;
+        }
+        let Some(fetched_at) = now.checked_sub(quotes.age) else {
+            return;
+        };
+        let key = CacheKey::new(quotes.provider, quotes.filter.as_deref());
+        self.entries.insert(key, CacheEntry { fetched_at, offers: quotes.offers });
+    }
+}
+
+/// One cache entry as handed out for persisting: whose offers, for which filter, fetched how long ago.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedQuotes {
+    /// The provider.
+    pub provider: Provider,
+    /// The filter's GPU type key (`None`: unfiltered).
+    pub filter: Option<String>,
+    /// Time since the offers were fetched.
+    pub age: Duration,
+    /// The offers.
+    pub offers: Vec<PriceOffer>,
+}
+
+/// For every GPU type among `offers`, the available one with the lowest price per GPU-hour; sorted by
+/// that price, cheapest first (ties by GPU type).
+pub fn cheapest_per_gpu_type<'a>(offers: impl IntoIterator<Item = &'a PriceOffer>) -> Vec<CheapestOffer> {
+    let mut best: HashMap<String, &PriceOffer> = HashMap::new();
+    for offer in offers.into_iter().filter(|offer| offer.available && offer.price_per_gpu_hour_usd.is_finite()) {
+        let key = gpu_type_key(&offer.gpu_name);
+        if key.is_empty() {
+            continue;
+        }
+        match best.get(&key) {
+            Some(current) if !cheaper(offer, current) => {}
+            _ => {
+                best.insert(key, offer);
             }
         }
-        let mut cheapest: Vec<CheapestOffer> =
-            best.into_iter().map(|(gpu_type, offer)| CheapestOffer { gpu_type, offer: offer.clone() }).collect();
-        cheapest.sort_by(|a, b| {
-            a.offer
-                .price_per_gpu_hour_usd
-                .total_cmp(&b.offer.price_per_gpu_hour_usd)
-                .then_with(|| a.gpu_type.cmp(&b.gpu_type))
-        });
-        cheapest
     }
+    let mut cheapest: Vec<CheapestOffer> =
+        best.into_iter().map(|(gpu_type, offer)| CheapestOffer { gpu_type, offer: offer.clone() }).collect();
+    cheapest.sort_by(|a, b| {
+        a.offer
+            .price_per_gpu_hour_usd
+            .total_cmp(&b.offer.price_per_gpu_hour_usd)
+            .then_with(|| a.gpu_type.cmp(&b.gpu_type))
+    });
+    cheapest
 }
 
 /// Strictly cheaper per GPU-hour; equal prices are decided by provider and offer id so the result does

@@ -5,13 +5,15 @@
 //! as rental devices). The clients only read; they never rent or stop anything. Base URLs are
 //! configurable (tests point them at a stub on 127.0.0.1), API keys come from the environment or the
 //! config and never appear in logs or errors, and every failure is a typed [`CloudError`].
-//! [`PriceCache`] keeps quotes for an hour so `hwledger prices` does not hammer the APIs.
+//! [`PriceCache`] keeps quotes for an hour so `hwledger prices` does not hammer the APIs, and
+//! [`PriceCacheFile`] keeps it on disk between CLI runs.
 //!
 //! Shared rules of the parsers: an entry whose price is missing, null, zero or not a number, or whose
 //! GPU is unknown, is skipped (logged at debug level) — never turned into a price of 0 or a made-up
 //! GPU. A body that is not the documented shape as a whole is an error.
 
 mod cache;
+mod cache_file;
 mod error;
 mod http;
 mod json;
@@ -24,7 +26,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{CheapestOffer, DEFAULT_PRICE_TTL, PriceCache};
+pub use cache::{CachedQuotes, CheapestOffer, DEFAULT_PRICE_TTL, PriceCache, cheapest_per_gpu_type};
+pub use cache_file::{PRICE_CACHE_FILE_VERSION, PriceCacheFile, PriceCacheSaveError};
 pub use error::CloudError;
 pub use http::{
     ApiKey, ClientOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RETRY_WAIT, DEFAULT_TIMEOUT, parse_retry_after,

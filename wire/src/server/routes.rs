@@ -209,6 +209,7 @@ where
 {
     let matched = Route::parse(&parts.path);
     let label = matched.as_ref().map_or("unmatched", |(_, t, _)| *t);
+    let mut body = std::pin::pin!(body.fuse());
     let result = async {
         if let Some((Route::Health, _, m)) = &matched {
             check_method(&parts.method, m)?;
@@ -219,9 +220,12 @@ where
             return Err(ApiError::not_found(format!("no route {} {}", parts.method, parts.path)));
         };
         check_method(&parts.method, &method)?;
-        handle_api(app, route, &parts, &principal, body).await
+        handle_api(app, route, &parts, &principal, body.as_mut()).await
     }
     .await;
+    if result.is_err() {
+        drain_body(body.as_mut(), app.body_limit).await;
+    }
     (label, result.unwrap_or_else(ApiError::into_response))
 }
 
@@ -231,13 +235,14 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf + Send,
 {
+    let mut body = std::pin::pin!(body.fuse());
     let (label, result) = match parts.path.as_str() {
         "/health" => ("/health", check_method(&parts.method, &Method::GET).and_then(|()| health(app))),
         "/v1/enroll" => (
             "/v1/enroll",
             async {
                 check_method(&parts.method, &Method::POST)?;
-                let req: EnrollRequest = read_json(app, &parts.headers, body).await?;
+                let req: EnrollRequest = read_json(app, &parts.headers, body.as_mut()).await?;
                 enroll(app, req).await
             }
             .await,
@@ -247,7 +252,36 @@ where
             Err(ApiError::not_found(format!("no route {} {other} on the enrollment listener", parts.method))),
         ),
     };
+    if result.is_err() {
+        drain_body(body.as_mut(), app.body_limit).await;
+    }
     (label, result.unwrap_or_else(ApiError::into_response))
+}
+
+/// Longest a refused request waits for the rest of its body (see [`drain_body`]).
+const DRAIN_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads and discards what is left of a refused request's body — at most `limit` bytes and
+/// [`DRAIN_MAX_WAIT`] — before the error is sent. A refusal decided from the headers alone (not pinned,
+/// forbidden, wrong route) would otherwise answer an HTTP/2 stream whose body is still arriving, and hyper
+/// then resets the stream; curl reports that as "Stream error in the HTTP/2 framing layer" instead of showing
+/// the JSON error. Past either bound the stream is reset as before.
+async fn drain_body<S, B>(body: S, limit: u64)
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(DRAIN_MAX_WAIT, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            seen = seen.saturating_add(u64::try_from(chunk.remaining()).unwrap_or(u64::MAX));
+            if seen > limit {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn check_method(got: &Method, want: &Method) -> Result<(), ApiError> {
