@@ -125,7 +125,7 @@ fn main() -> Result<()> {
     // Its stored bytes: event bodies, blocks, idempotency groups, the verified head.
     let head = ledger.head();
     let mut bodies = Vec::new();
-    for (k, v) in ledger.store().raw_tree().iter().filter_map(Result::ok) {
+    for (k, v) in ledger.store().raw_tree()?.iter().filter_map(Result::ok) {
         match k.first() {
             Some(b'B') => {
                 seeds.write("store_block", &format!("gen-block-{}", hex::encode(&k[1..])), &v)?;

@@ -1,8 +1,8 @@
 //! `hwledger`: the one binary. Parses the command line, sets up logging, dispatches to a subcommand in
 //! `cmd/`, and maps the result to a documented exit code. No logic of its own lives here.
 //!
-//! Exit codes: 0 success; 1 a check failed (`verify` found a break, a command was rejected); 2 usage,
-//! configuration or I/O error.
+//! Exit codes: 0 success; 1 a check failed (`verify` found a break, a command was rejected, a server refused
+//! the request); 2 usage, configuration or I/O error.
 
 mod cmd;
 
@@ -36,8 +36,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            // A refusal (rejected command, changed host key, job not completed) is a failed check.
-            if err.chain().any(|e| e.is::<cmd::fleet::CheckFailed>()) { ExitCode::from(1) } else { ExitCode::from(2) }
+            // A refusal (rejected command, changed host key, job not completed, a server's 4xx) is a failed
+            // check: exit 1.
+            cmd::exit_code(&err)
         }
     }
 }

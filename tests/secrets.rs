@@ -403,7 +403,7 @@ fn cloud_api_keys_never_reach_output_trace_logs_or_the_data_directory() {
         let key = if key { format!("api_key = {:?}\n", cloud_stub::KEY) } else { String::new() };
         format!("[clouds.{provider}]\nbase_url = {:?}\n{key}\n", stub.url(scenario))
     };
-    let mut run = |tables: String, args: &[&str]| -> Output {
+    let run = |tables: String, args: &[&str]| -> Output {
         std::fs::write(&config, tables).expect("write config");
         let mut all = vec!["--config", config.to_str().expect("utf-8 path")];
         all.extend_from_slice(args);

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
@@ -210,6 +211,9 @@ struct Shared {
     tail: tokio::sync::broadcast::Sender<Arc<Vec<CommittedEvent>>>,
     /// The latest signed checkpoint: (tree size, note text).
     checkpoint: RwLock<Option<(u64, String)>>,
+    /// Bumped after every commit that may change who is allowed in (pins, revocations, devices), before its
+    /// receipts are sent: see [`Ledger::auth_epoch`].
+    auth_epoch: AtomicU64,
     options: LedgerOptions,
 }
 
@@ -246,6 +250,7 @@ impl Ledger {
             unavailable: RwLock::new(None),
             tail,
             checkpoint: RwLock::new(loaded.checkpoint),
+            auth_epoch: AtomicU64::new(0),
             options,
         });
         if let Some(why) = shared.broken.read().as_deref() {
@@ -331,6 +336,22 @@ impl Ledger {
     /// Runs `f` with the decision state (e.g. to check a certificate pin on every request).
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.shared.state.read())
+    }
+
+    /// A counter that changes whenever a commit may have changed the answer of an authorization check:
+    /// every event except the hot-path ones that cannot ([`AUTH_NEUTRAL_EVENTS`]). It is bumped after the
+    /// commit is durable and before any of its receipts is sent (and after a failed commit reloads the
+    /// state), so a check cached at epoch `e` is still right while `auth_epoch() == e`: a request made after
+    /// a revocation or decommission was acknowledged never sees the old epoch.
+    pub fn auth_epoch(&self) -> u64 {
+        self.shared.auth_epoch.load(Ordering::Acquire)
+    }
+
+    /// [`Ledger::with_state`] if the state can be read at once, else `None`: the writer holds it for the
+    /// whole group commit (flush and fdatasync included), so an async caller should not block a runtime
+    /// worker on it; it retries on a blocking thread instead.
+    pub fn try_with_state<R>(&self, f: impl FnOnce(&State) -> R) -> Option<R> {
+        self.shared.state.try_read().map(|s| f(&s))
     }
 
     /// The underlying store (read access for replay, projections and proofs).
@@ -745,6 +766,12 @@ fn writer_loop(shared: &Shared, rx: &crossbeam_channel::Receiver<Request>) {
     }
 }
 
+/// Event types that never change certificate pins, revocations or device existence/decommissioning, so
+/// they leave [`Ledger::auth_epoch`] alone (heartbeats and job progress: the hot path). Every other type
+/// bumps it.
+pub const AUTH_NEUTRAL_EVENTS: &[&str] =
+    &["telemetry_recorded", "job_dispatched", "job_started", "job_completed", "job_failed"];
+
 /// Per-group scratch space, reused across groups.
 struct Writer<'a> {
     shared: &'a Shared,
@@ -1014,6 +1041,9 @@ impl<'a> Writer<'a> {
                 }
                 drop(ids);
                 *shared.head.write() = head;
+                if committed.iter().any(|e| !AUTH_NEUTRAL_EVENTS.contains(&e.record.event.type_name())) {
+                    shared.auth_epoch.fetch_add(1, Ordering::AcqRel);
+                }
                 if let Some(cp) = new_checkpoint {
                     self.last_checkpoint_at = Some(latest_now);
                     *shared.checkpoint.write() = Some(cp);
@@ -1046,6 +1076,7 @@ impl<'a> Writer<'a> {
                         *shared.unavailable.write() = Some(why);
                     }
                 }
+                shared.auth_epoch.fetch_add(1, Ordering::AcqRel);
                 drop(ids);
                 drop(state);
                 let msg = e.to_string();

@@ -352,3 +352,49 @@ fn concurrent_submitters_with_repeated_ids_get_one_event_each() {
     }
     assert_eq!(events.len(), seen.len());
 }
+
+/// The auth epoch (what the server's pin-check cache is validated by) moves on every commit that can change
+/// an authorization answer, and only then: heartbeats leave it; enrollment, pins, revocations and
+/// decommissioning move it, before their receipts are returned.
+#[test]
+fn auth_epoch_moves_exactly_when_authorization_can_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = filled(dir.path(), 0);
+    let e0 = ledger.auth_epoch();
+    ledger.submit(sub("hb-a", telemetry("dev-1", 1)), op()).expect("heartbeat");
+    assert_eq!(ledger.auth_epoch(), e0, "a heartbeat cannot change who is allowed in");
+    let pin = Command::IssueCertificate {
+        role: hwledger_engine::event::CertRole::Agent("dev-1".into()),
+        fingerprint: [7u8; 32],
+        serial: "01".into(),
+        not_after: 1_900_000_000_000,
+    };
+    let r = ledger.submit(sub("pin-1", pin), op()).expect("pin");
+    assert!(matches!(r, Outcome::Accepted(_)), "{r:?}");
+    let e1 = ledger.auth_epoch();
+    assert!(e1 > e0, "a pin moves the epoch by the time its receipt is back");
+    let revoke = Command::RevokeCertificate { fingerprint: [7u8; 32], reason: "lost".into() };
+    let r = ledger.submit(sub("revoke-1", revoke), op()).expect("revoke");
+    assert!(matches!(r, Outcome::Accepted(_)), "{r:?}");
+    assert!(ledger.auth_epoch() > e1);
+    let e2 = ledger.auth_epoch();
+    ledger
+        .submit(sub("dec-1", Command::DecommissionDevice { device_id: "dev-1".into(), reason: "retired".into() }), op())
+        .expect("dec");
+    assert!(ledger.auth_epoch() > e2, "decommissioning moves it");
+    // A rejected command appends nothing and changes nothing.
+    let e3 = ledger.auth_epoch();
+    let r = ledger.submit(sub("hb-x", telemetry("nope", 1)), op()).expect("submit");
+    assert!(matches!(r, Outcome::Rejected(_)));
+    assert_eq!(ledger.auth_epoch(), e3);
+}
+
+/// Regression: an empty `submit_many` used to overflow the checkpoint-due arithmetic and kill the writer.
+#[test]
+fn an_empty_submission_does_not_stop_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = filled(dir.path(), 1);
+    assert!(ledger.submit_many(Vec::new()).wait().is_empty());
+    let r = ledger.submit(sub("after-empty", telemetry("dev-1", 99)), op()).expect("the writer still runs");
+    assert!(matches!(r, Outcome::Accepted(_)), "{r:?}");
+}

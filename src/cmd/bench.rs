@@ -3,7 +3,8 @@
 //! One JSON object per measurement on stdout, a table on stderr. Each figure is the median of `--runs` runs
 //! (default 3). Every run starts from a fresh data directory with 100 devices enrolled and registered (not
 //! counted). W1a is one durable commit per command, so it runs `min(n, --w1a-n)` commands (default 20 000)
-//! to keep the suite short; the JSON says which `n` was used.
+//! to keep the suite short, and W5 (64 mTLS clients through the real server, see `bench_wire.rs`)
+//! `min(n, --w5-n)` (default 64 000); the JSON says which `n` was used.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,10 +30,16 @@ pub struct BenchArgs {
     /// Commands for W1a (one flush each).
     #[arg(long, default_value_t = 20_000)]
     pub w1a_n: u64,
+    /// Commands for W5 (64 mTLS clients, one request each at a time).
+    #[arg(long, default_value_t = 64_000)]
+    pub w5_n: u64,
+    /// W5's protocol: `http1` (HTTP/1.1 keep-alive, one connection per client) or `h2` (HTTP/2 via ALPN).
+    #[arg(long, default_value = "http1", value_parser = ["http1", "h2"])]
+    pub w5_protocol: String,
     /// Parent directory for the data directories (default: a fresh temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Comma-separated workloads (W1a,W1b,W1c,W2,W3,W4,W6,W7). Default: all.
+    /// Comma-separated workloads (W1a,W1b,W1c,W2,W3,W4,W5,W6,W7). Default: all.
     #[arg(long)]
     pub only: Option<String>,
     /// Runs per figure (the median is reported).
@@ -70,7 +77,7 @@ fn op() -> Context {
 }
 
 /// Opens a fresh ledger with the fleet enrolled and registered.
-fn setup(dir: &Path) -> anyhow::Result<Ledger> {
+pub(super) fn setup(dir: &Path) -> anyhow::Result<Ledger> {
     let ledger = Ledger::open(dir, options())?;
     let mut items = Vec::new();
     for d in 0..DEVICES {
@@ -137,12 +144,12 @@ fn heartbeat(i: u64, rng: &mut rand::rngs::StdRng) -> (Submission, Context) {
     (sub, op())
 }
 
-fn heartbeats(from: u64, count: u64, seed: u64) -> Vec<(Submission, Context)> {
+pub(super) fn heartbeats(from: u64, count: u64, seed: u64) -> Vec<(Submission, Context)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (from..from + count).map(|i| heartbeat(i, &mut rng)).collect()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -325,6 +332,17 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
             unit: "ms",
             n,
         });
+    }
+    if selected("W5") {
+        let n5 = n.min(args.w5_n) / super::bench_wire::CLIENTS * super::bench_wire::CLIENTS;
+        anyhow::ensure!(n5 > 0, "W5 needs at least {} commands", super::bench_wire::CLIENTS);
+        let r: Vec<_> = (0..runs)
+            .map(|_| super::bench_wire::w5(&fresh("w5"), n5, args.w5_protocol == "http1", setup))
+            .collect::<anyhow::Result<_>>()?;
+        for (metric, unit, pick) in [("events_per_s", "events/s", 0usize), ("p50_ms", "ms", 1), ("p99_ms", "ms", 2)] {
+            let values = r.iter().map(|x| [x.0, x.1, x.2][pick]).collect();
+            out.push(Measure { workload: "W5", metric, value: median(values), unit, n: n5 });
+        }
     }
     let needs_log = ["W1c", "W2", "W3", "W4", "W6", "W7"].iter().any(|w| selected(w));
     if needs_log {

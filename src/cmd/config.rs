@@ -10,6 +10,8 @@
 //! handshake_timeout_ms = 10000        # a TLS handshake must finish within this
 //! header_read_timeout_ms = 30000      # request headers (and the first request after the handshake)
 //! body_limit = 65536                  # bytes; larger request bodies get 413
+//! server = "https://ledger.lan:8443"  # HWLEDGER_SERVER, --server: act on a server, not the data directory
+//! bundle = "/etc/hwledger/operator"   # HWLEDGER_BUNDLE, --bundle: credentials for `server`
 //! tailscale_bin = "tailscale"          # `discover tailscale`, --tailscale-bin
 //!
 //! [ssh]                                # defaults for agentless hosts
@@ -40,6 +42,7 @@ use hwledger_engine::{Ledger, LedgerOptions};
 use serde::Deserialize;
 
 use super::Global;
+use super::target::{Credentials, RemoteArgs, RemoteSettings};
 
 /// Resolved configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +66,10 @@ pub struct Config {
     pub header_read_timeout_ms: u64,
     /// Largest request body accepted, in bytes.
     pub body_limit: u64,
+    /// A server to act on instead of the data directory (`https://HOST:PORT`).
+    pub server: Option<String>,
+    /// The credential bundle directory for `server`.
+    pub bundle: Option<PathBuf>,
     /// The `tailscale` binary `discover tailscale` runs.
     pub tailscale_bin: PathBuf,
     /// Defaults for agentless SSH hosts.
@@ -191,6 +198,8 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             header_read_timeout_ms: 30_000,
             body_limit: hwledger_wire::server::DEFAULT_BODY_LIMIT,
+            server: None,
+            bundle: None,
             tailscale_bin: PathBuf::from("tailscale"),
             ssh: SshSettings::default(),
             ssh_hosts: Vec::new(),
@@ -214,10 +223,46 @@ impl Config {
         if let Ok(listen) = std::env::var("HWLEDGER_LISTEN") {
             config.listen = listen;
         }
+        if let Some(server) = std::env::var("HWLEDGER_SERVER").ok().filter(|s| !s.is_empty()) {
+            config.server = Some(server);
+        }
+        if let Some(bundle) = std::env::var_os("HWLEDGER_BUNDLE").filter(|s| !s.is_empty()) {
+            config.bundle = Some(PathBuf::from(bundle));
+        }
         if let Some(d) = &global.data {
             config.data_dir = d.clone();
         }
         Ok(config)
+    }
+
+    /// The server a subcommand acts on, if any: `--server`, else `server` (file or `HWLEDGER_SERVER`).
+    /// Credentials: `--cert/--key/--ca`, else `--bundle`, else `bundle` (file or `HWLEDGER_BUNDLE`), else
+    /// the server's own operator bundle `<data>/operator` when it exists (on the server's host).
+    pub fn remote(&self, args: &RemoteArgs) -> anyhow::Result<Option<RemoteSettings>> {
+        let Some(url) = args.server.clone().or_else(|| self.server.clone()) else {
+            if args.bundle.is_some() || args.cert.is_some() || args.ca.is_some() {
+                anyhow::bail!("--bundle, --cert, --key and --ca need --server (or HWLEDGER_SERVER)");
+            }
+            return Ok(None);
+        };
+        let credentials = match (&args.cert, &args.key, &args.ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                Credentials::Files { ca: ca.clone(), cert: cert.clone(), key: key.clone() }
+            }
+            (None, None, None) => {
+                let default = self.data_dir.join("operator");
+                let dir =
+                    args.bundle.clone().or_else(|| self.bundle.clone()).or_else(|| default.is_dir().then_some(default));
+                match dir {
+                    Some(dir) => Credentials::Bundle(dir),
+                    None => anyhow::bail!(
+                        "--server {url} needs credentials: --bundle DIR (or HWLEDGER_BUNDLE), or --cert, --key and --ca"
+                    ),
+                }
+            }
+            _ => anyhow::bail!("--cert, --key and --ca go together (or use --bundle DIR alone)"),
+        };
+        Ok(Some(RemoteSettings { url, credentials }))
     }
 
     /// The on-disk rental price cache (derived data; safe to delete).

@@ -6,14 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
+use hwledger_engine::Submission;
 use hwledger_engine::chain::{from_hex, to_hex};
 use hwledger_engine::event::Actor;
-use hwledger_engine::ledger::Outcome;
 use hwledger_engine::note::Verifier;
 use hwledger_engine::verify::{Report, VerifyOptions};
-use hwledger_engine::{Context, Submission};
+use hwledger_wire::api::BatchItemResult;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::target::{RemoteArgs, Target};
 use super::{Config, Global};
 
 /// Milliseconds since the Unix epoch: the binary is the one place that reads the clock for the engine.
@@ -43,9 +44,11 @@ fn progress(total: u64, quiet: bool) -> ProgressBar {
 pub struct SubmitArgs {
     /// File with one submission, a JSON array of submissions, or one per line; `-` for standard input.
     pub file: PathBuf,
-    /// Act as this operator (default: the local system actor).
+    /// Act as this operator (default: the local system actor; local data directory only).
     #[arg(long)]
     pub operator: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Parses submissions: one JSON object, an array, or JSON lines.
@@ -76,33 +79,29 @@ pub fn submit(config: &Config, global: &Global, args: SubmitArgs) -> anyhow::Res
         std::fs::read_to_string(&args.file).with_context(|| format!("read {}", args.file.display()))?
     };
     let subs = parse_submissions(&text)?;
-    let actor = args.operator.map_or(Actor::System, Actor::Operator);
-    let ledger = config.open_ledger()?;
-    let now = now_ms();
-    let items = subs.into_iter().map(|s| (s, Context::new(actor.clone(), now))).collect();
+    let target = Target::resolve(config, &args.remote)?;
+    let results = target.submit(subs, args.operator.map(Actor::Operator))?;
     let mut rejected = false;
-    for outcome in ledger.submit_many(items).wait() {
-        let outcome = outcome.context("submit")?;
-        let (status, value) = match &outcome {
-            Outcome::Accepted(r) => ("accepted", serde_json::to_value(r)?),
-            Outcome::Duplicate(r) => ("duplicate", serde_json::to_value(r)?),
-            Outcome::Rejected(r) => {
+    for result in &results {
+        let (status, value) = match result {
+            BatchItemResult::Accepted { receipt } => ("accepted", serde_json::to_value(receipt)?),
+            BatchItemResult::Duplicate { receipt } => ("duplicate", serde_json::to_value(receipt)?),
+            BatchItemResult::Rejected { code, message } => {
                 rejected = true;
-                ("rejected", serde_json::json!({"code": r.code(), "message": r.to_string()}))
+                ("rejected", serde_json::json!({"code": code, "message": message}))
             }
         };
         if global.json {
             print_json(&serde_json::json!({"status": status, "result": value}))?;
         } else {
-            match &outcome {
-                Outcome::Accepted(r) | Outcome::Duplicate(r) => {
-                    println!("{status:<9} {} seq {} hash {}", r.command_id, r.seq, to_hex(&r.hash))
+            match result {
+                BatchItemResult::Accepted { receipt: r } | BatchItemResult::Duplicate { receipt: r } => {
+                    println!("{status:<9} {} seq {} hash {}", r.command_id, r.seq, r.hash)
                 }
-                Outcome::Rejected(r) => println!("rejected  {}: {r}", r.code()),
+                BatchItemResult::Rejected { code, message } => println!("rejected  {code}: {message}"),
             }
         }
     }
-    ledger.close()?;
     Ok(if rejected { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 

@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod bench_wire;
 mod config;
 mod discover;
 mod dispatch;
@@ -13,6 +14,7 @@ mod pki;
 mod probe;
 mod reads;
 mod serve;
+pub mod target;
 
 use std::process::ExitCode;
 
@@ -54,7 +56,7 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Open the store and serve until Ctrl-C.
     Serve(serve::ServeArgs),
-    /// Submit commands (JSON: one submission, an array, or one per line) to the local data directory.
+    /// Submit commands (JSON: one submission, an array, or one per line) to the data directory or `--server`.
     Submit(ledger_tools::SubmitArgs),
     /// List events.
     Log(ledger_tools::LogArgs),
@@ -72,7 +74,7 @@ pub enum Command {
     Proof(ledger_tools::ProofArgs),
     /// The fleet CA: init, status, rotate.
     Ca(pki::CaArgs),
-    /// Issue and pin a certificate bundle: `enroll operator|auditor|agent NAME --out DIR`.
+    /// Certificates: `enroll operator|auditor|agent NAME --out DIR`, `enroll token DEVICE`, `enroll redeem`.
     Enroll(pki::EnrollArgs),
     /// Receipts: `receipt verify` checks offline that a receipt's event is in a signed checkpoint.
     Receipt(ledger_tools::ReceiptArgs),
@@ -138,4 +140,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rentals(a) => market::rentals(&config, &cli.global, a),
         Command::Discover(a) => discover::run(&config, &cli.global, a),
     }
+}
+
+/// The exit code of a failed command: 1 when a check failed or a server refused the request (a
+/// [`fleet::CheckFailed`], or a 4xx answer: rejected, forbidden, not pinned, conflict), 2 for everything else
+/// (usage, configuration, I/O, unreachable server).
+pub fn exit_code(err: &anyhow::Error) -> ExitCode {
+    let refused = err.chain().any(|e| {
+        e.is::<fleet::CheckFailed>()
+            || e.downcast_ref::<hwledger_wire::client::ClientError>()
+                .and_then(hwledger_wire::client::ClientError::status)
+                .is_some_and(|s| (400..500).contains(&s))
+    });
+    ExitCode::from(if refused { 1 } else { 2 })
 }

@@ -1,5 +1,6 @@
-//! Read subcommands (devices, device, telemetry, jobs, cost, dashboard) over the projections, and the adapter
-//! that serves the same projections to the HTTPS front door (`wire::server::ReadModels`).
+//! Read subcommands (devices, device, telemetry, jobs, cost, dashboard) over the projections of the local data
+//! directory or of a server (`--server`, see [`super::target`]), with the same output either way; and the
+//! adapter that serves the projections to the HTTPS front door (`wire::server::ReadModels`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use hwledger_projections::{GroupBy, Projector, ProjectorOptions};
+use hwledger_projections::{GroupBy, Projector};
+use hwledger_wire::client::TelemetryQuery;
 use hwledger_wire::server::{ReadModelError, ReadModels, ReadQuery};
 
 use super::ledger_tools::now_ms;
+use super::target::{RemoteArgs, Target};
 use super::{Config, Global};
 
 /// Heartbeat interval agents use; a device is stale after missing a few of them.
@@ -20,13 +23,14 @@ pub const HEARTBEAT: Duration = Duration::from_secs(30);
 pub fn parse_window(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().with_context(|| format!("window {s:?} must look like 24h, 7d or 30d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" | "" => n * 3600,
-        "d" => n * 86_400,
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
         _ => bail!("window {s:?}: unit must be s, m, h or d"),
     };
+    let secs = n.checked_mul(unit_secs).with_context(|| format!("window {s:?} is too long"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -69,6 +73,8 @@ pub struct ReadArgs {
     /// Cost grouping: device, backend or day.
     #[arg(long)]
     pub by: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Which read.
@@ -82,22 +88,14 @@ pub enum Read {
     Dashboard,
 }
 
-fn open_projector(config: &Config) -> anyhow::Result<(hwledger_engine::Ledger, Projector)> {
-    let ledger = config.open_ledger()?;
-    let projector = Projector::open(ledger.store(), ProjectorOptions::default()).context("open projections")?;
-    Ok((ledger, projector))
-}
-
 pub fn run(config: &Config, global: &Global, which: Read, args: ReadArgs) -> anyhow::Result<ExitCode> {
-    let (ledger, projector) = open_projector(config)?;
-    let now = now_ms();
+    let target = Target::resolve(config, &args.remote)?;
     let value = match which {
-        Read::Devices => serde_json::to_value(projector.devices(now, HEARTBEAT))?,
+        Read::Devices => serde_json::Value::Array(target.devices()?),
         Read::Device => {
             let id = args.id.context("give a device id")?;
-            let found = projector.devices(now, HEARTBEAT).into_iter().find(|d| d.device_id == id);
-            match found {
-                Some(d) => serde_json::to_value(d)?,
+            match target.device(&id)? {
+                Some(d) => d,
                 None => {
                     eprintln!("device {id} is not enrolled");
                     return Ok(ExitCode::from(1));
@@ -106,19 +104,24 @@ pub fn run(config: &Config, global: &Global, which: Read, args: ReadArgs) -> any
         }
         Read::Telemetry => {
             let id = args.id.context("give a device id")?;
-            let to = args.to.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MAX);
-            let from = args.from.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MIN);
-            serde_json::to_value(projector.telemetry(&id, args.gpu, from, to))?
+            let q = TelemetryQuery {
+                device: id.clone(),
+                from: args.from.as_deref().map(parse_time).transpose()?,
+                to: args.to.as_deref().map(parse_time).transpose()?,
+                gpu: args.gpu,
+            };
+            match target.telemetry(&q)? {
+                Some(t) => t,
+                None => {
+                    eprintln!("no telemetry for device {id}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
         }
-        Read::Jobs => serde_json::to_value(projector.jobs())?,
-        Read::Cost => {
-            let window = parse_window(&args.window)?;
-            serde_json::to_value(projector.cost(now, window, parse_group(args.by.as_deref())?))?
-        }
-        Read::Dashboard => serde_json::to_value(projector.dashboard(now, HEARTBEAT))?,
+        Read::Jobs => serde_json::Value::Array(target.jobs()?),
+        Read::Cost => target.cost(parse_window(&args.window)?, parse_group(args.by.as_deref())?)?,
+        Read::Dashboard => target.dashboard()?,
     };
-    projector.persist().context("persist projections")?;
-    drop(ledger);
     if global.json {
         println!("{}", serde_json::to_string(&value)?);
     } else {

@@ -5,6 +5,7 @@
 //! the curl command that lists devices. Later runs reuse all of it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use clap::Args;
 use hwledger_projections::{Projector, ProjectorOptions};
 use hwledger_wire::pki::{Pki, PkiOptions};
 use hwledger_wire::server::{ServerConfig, ensure_bootstrap_operator};
+use hwledger_wire::tls::ServerIdentityFiles;
 
 use super::reads::ProjectorReads;
 use super::{Config, Global};
@@ -29,6 +31,13 @@ pub struct ServeArgs {
     /// Enrollment listen address (server-authenticated TLS only; bootstrap tokens).
     #[arg(long)]
     pub enroll_listen: Option<SocketAddr>,
+    /// Serve this certificate chain (PEM, leaf first) instead of the auto-issued one, e.g. a publicly
+    /// trusted one. Client certificates are still checked against the fleet CA. Re-read every minute.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -69,6 +78,10 @@ pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<
     server_config.handshake_timeout = std::time::Duration::from_millis(config.handshake_timeout_ms);
     server_config.header_read_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms);
     server_config.body_limit = config.body_limit;
+    server_config.tls_identity = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerIdentityFiles { cert, key }),
+        _ => None,
+    };
     let reads: Arc<dyn hwledger_wire::server::ReadModels> = Arc::new(ProjectorReads { projector: projector.clone() });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
     let result = rt.block_on(async {
@@ -104,12 +117,7 @@ pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<
             op.paths.ca.display(),
             addrs.api.port()
         );
-        server
-            .serve(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serve")?;
+        server.serve(shutdown_signal()).await.context("serve")?;
         Ok::<(), anyhow::Error>(())
     });
     stop.store(true, Ordering::SeqCst);
@@ -118,4 +126,23 @@ pub fn run(config: &Config, global: &Global, args: ServeArgs) -> anyhow::Result<
     result?;
     eprintln!("hwledger: stopped cleanly at seq {}", ledger.head().seq);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what systemd and `kill` send), for a graceful shutdown.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

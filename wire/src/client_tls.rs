@@ -33,6 +33,16 @@ pub fn client_builder(
     identity: Option<(&[u8], &[u8])>,
     timeout: Duration,
 ) -> Result<reqwest::ClientBuilder, ClientTlsError> {
+    Ok(streaming_client_builder(ca_pem, identity, timeout)?.timeout(timeout))
+}
+
+/// [`client_builder`] without a whole-request timeout, only `connect_timeout`: for clients that hold
+/// long-lived responses (the SSE event stream) and set a timeout per ordinary request instead.
+pub fn streaming_client_builder(
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+    connect_timeout: Duration,
+) -> Result<reqwest::ClientBuilder, ClientTlsError> {
     let roots = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(ClientTlsError::BadCaBundle)?;
     if roots.is_empty() {
         return Err(ClientTlsError::EmptyCaBundle);
@@ -42,8 +52,7 @@ pub fn client_builder(
         .tls_certs_only(roots)
         .tls_version_min(reqwest::tls::Version::TLS_1_2)
         .https_only(true)
-        .connect_timeout(timeout)
-        .timeout(timeout);
+        .connect_timeout(connect_timeout);
     if let Some((cert_pem, key_pem)) = identity {
         if !contains_pem_block(cert_pem, b"CERTIFICATE") || !contains_pem_block(key_pem, b"PRIVATE KEY") {
             return Err(ClientTlsError::IncompleteIdentity);

@@ -126,6 +126,37 @@ pub fn server_config_from_pki(
     server_config(&roots, pki.server_cert_chain(now), pki.server_key()?, require_client_cert)
 }
 
+/// An operator-supplied server certificate (e.g. publicly trusted) used instead of the auto-issued one.
+/// The files are read again whenever the configuration is rebuilt, so a renewed certificate is picked up
+/// without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdentityFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+/// [`server_config_from_pki`], but presenting `identity` when given. Client certificates are still
+/// verified against the fleet CAs trusted at `now`.
+pub fn server_config_for(
+    pki: &Pki,
+    now: OffsetDateTime,
+    identity: Option<&ServerIdentityFiles>,
+    require_client_cert: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let Some(files) = identity else {
+        return server_config_from_pki(pki, now, require_client_cert);
+    };
+    let roots = pki.trust_roots(now);
+    if require_client_cert && roots.is_empty() {
+        return Err(TlsError::Pki(PkiError::NoTrustedCa { at: now }));
+    }
+    let chain = load_cert_chain_pem(&files.cert)?;
+    let key = load_private_key_pem(&files.key)?;
+    server_config(&roots, chain, key, require_client_cert)
+}
+
 fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     use std::io::Read;
     let io = |source| TlsError::Io { path: path.to_path_buf(), source };

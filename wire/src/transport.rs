@@ -232,6 +232,11 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote_addr)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
+                    // Small request/response exchanges: without TCP_NODELAY, Nagle's algorithm holds a
+                    // response's last segment back until the peer's delayed ACK (tens of ms per request).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(%remote_addr, error = %e, "cannot set TCP_NODELAY");
+                    }
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         stats.rejected_over_cap.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%remote_addr, "connection cap reached; closing new connection");

@@ -136,6 +136,24 @@ pub enum PkiError {
     #[error("PKI: the system random number generator failed: {0}")]
     Random(getrandom::Error),
 
+    /// A certificate is not for the private key it is paired with.
+    #[error("the certificate is not for this private key (public keys differ)")]
+    KeyMismatch,
+
+    /// A private key could not be parsed.
+    #[error("malformed private key: {reason}")]
+    MalformedKey {
+        /// What the parser reported.
+        reason: String,
+    },
+
+    /// A credential file that must not be overwritten already exists.
+    #[error("{path} already exists; move it away or choose another --out directory")]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+
     /// No CA is trusted at the given time (all expired or past their overlap).
     #[error("no fleet CA is trusted at {at}; rotate the CA (`hwledger ca rotate`)")]
     NoTrustedCa {

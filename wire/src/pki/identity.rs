@@ -48,6 +48,24 @@ pub fn identity_from_cert_der(der: &[u8]) -> Result<PeerIdentity, PkiError> {
     })
 }
 
+/// Checks that the first certificate of `cert_pem` is for the private key `key_pem` (same public key)
+/// and returns its identity: what a device does with the certificate it receives at enrollment.
+pub fn check_cert_matches_key(cert_pem: &str, key_pem: &str) -> Result<PeerIdentity, PkiError> {
+    use rcgen::PublicKeyData as _;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .ok_or_else(|| PkiError::MalformedCertificate { reason: "no PEM certificate".into() })?
+        .map_err(|e| PkiError::MalformedCertificate { reason: e.to_string() })?;
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| PkiError::MalformedKey { reason: e.to_string() })?;
+    let cert = parse_cert(der.as_ref())?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        return Err(PkiError::KeyMismatch);
+    }
+    identity_from_cert_der(der.as_ref())
+}
+
 /// Parses DER into a certificate, refusing trailing bytes and oversized input.
 pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
     if der.len() > MAX_CERT_DER_LEN {

@@ -806,3 +806,38 @@ pub fn write_bundle(out_dir: &Path, cert: &IssuedCert, ca_bundle_pem: &str) -> R
     fsio::write_atomic(&cert_path, cert.cert_pem.as_bytes(), PUBLIC_MODE)?;
     Ok(BundlePaths { ca, cert: cert_path, key })
 }
+
+/// Writes a new private key for `role` into `out_dir` (created 0700 if missing) as `<kind>-<name>.key`,
+/// mode 0600, refusing to replace an existing key or certificate of that identity: the first step of
+/// enrollment with a bootstrap token, before the CSR for the key is sent.
+pub fn write_new_private_key(out_dir: &Path, role: &Role, key_pem: &str) -> Result<PathBuf, PkiError> {
+    role.validate()?;
+    fsio::ensure_private_dir(out_dir)?;
+    let stem = role.file_stem();
+    for existing in [out_dir.join(format!("{stem}.key")), out_dir.join(format!("{stem}.crt"))] {
+        if fsio::exists(&existing)? {
+            return Err(PkiError::AlreadyExists { path: existing });
+        }
+    }
+    let path = out_dir.join(format!("{stem}.key"));
+    fsio::write_atomic(&path, key_pem.as_bytes(), KEY_MODE)?;
+    Ok(path)
+}
+
+/// Completes a bundle whose key [`write_new_private_key`] wrote: the certificate received for it as
+/// `<kind>-<name>.crt` and the CA bundle as `ca.crt`, in the layout of [`write_bundle`].
+pub fn write_enrolled_bundle(
+    out_dir: &Path,
+    role: &Role,
+    cert_pem: &str,
+    ca_bundle_pem: &str,
+) -> Result<BundlePaths, PkiError> {
+    role.validate()?;
+    let stem = role.file_stem();
+    let key = out_dir.join(format!("{stem}.key"));
+    let ca = out_dir.join("ca.crt");
+    let cert = out_dir.join(format!("{stem}.crt"));
+    fsio::write_atomic(&ca, ca_bundle_pem.as_bytes(), PUBLIC_MODE)?;
+    fsio::write_atomic(&cert, cert_pem.as_bytes(), PUBLIC_MODE)?;
+    Ok(BundlePaths { ca, cert, key: Some(key) })
+}

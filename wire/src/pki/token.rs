@@ -110,6 +110,27 @@ pub fn new_bootstrap_token() -> Result<(BootstrapToken, TokenHash), PkiError> {
     Ok((token, hash))
 }
 
+/// Mints a bootstrap token for `device_id`, valid until `expires_at` (unix ms), and the submission that
+/// records only its hash in the ledger (`create_bootstrap_token`; the command id derives from the hash, so
+/// re-sending it is idempotent). Submit it as an operator, locally or over the API; show the token once.
+pub fn bootstrap_token_submission(
+    device_id: &str,
+    expires_at: i64,
+) -> Result<(BootstrapToken, hwledger_engine::Submission), PkiError> {
+    super::role::validate_name("device id", device_id)?;
+    let (token, hash) = new_bootstrap_token()?;
+    let submission = hwledger_engine::Submission {
+        command_id: format!("bootstrap-token-{}", &hash.to_string()[..32]),
+        expected_version: None,
+        command: hwledger_engine::Command::CreateBootstrapToken {
+            token_hash: hash.0,
+            device_id: device_id.to_owned(),
+            expires_at,
+        },
+    };
+    Ok((token, submission))
+}
+
 /// Compares two byte strings in time that depends only on their lengths, not their contents.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -135,6 +156,16 @@ mod tests {
         assert!(!hash.verify(""));
         assert!(!hash.verify(&"x".repeat(10_000)));
         assert!(!format!("{token:?}").contains(token.as_str()));
+        Ok(())
+    }
+
+    #[test]
+    fn token_submission_stores_only_the_hash() -> Result<(), Box<dyn std::error::Error>> {
+        let (token, sub) = bootstrap_token_submission("gpu-1", 1_000)?;
+        let text = serde_json::to_string(&sub)?;
+        assert!(!text.contains(token.as_str()), "{text}");
+        assert!(text.contains(&token.hash().to_string()), "{text}");
+        assert!(bootstrap_token_submission("bad id!", 1_000).is_err());
         Ok(())
     }
 

@@ -7,6 +7,10 @@ use warp::http::StatusCode;
 
 use crate::api::ErrorBody;
 
+/// Seconds a client is asked to wait after a 503 (storage briefly unavailable, reads not caught up): long
+/// enough not to hammer a struggling server, short enough that an agent's outbox drains promptly.
+pub const RETRY_AFTER_SECS: &str = "1";
+
 /// A failed request, ready to become a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -96,11 +100,17 @@ impl ApiError {
         ErrorBody { code: self.code.to_owned(), message: self.message.clone() }
     }
 
-    /// The HTTP response.
+    /// The HTTP response. A 503 carries `Retry-After` ([`RETRY_AFTER_SECS`]), which clients' outboxes honour.
     pub fn into_response(self) -> warp::reply::Response {
         let status = self.status;
         let reply = warp::reply::json(&self.body());
-        warp::reply::with_status(reply, status).into_response_compat()
+        let mut response = warp::reply::with_status(reply, status).into_response_compat();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, warp::http::HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
     }
 }
 

@@ -12,6 +12,7 @@
 //! decommissioning a device takes effect on the next request, even on an open HTTP/2 connection.
 //! Time enters through one [`Clock`].
 
+mod auth_cache;
 mod dashboard;
 pub mod errors;
 pub mod metrics;
@@ -33,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::pki::{BundlePaths, Fingerprint, IssuedCert, Pki, PkiError, Role, identity_from_cert_der, write_bundle};
-use crate::tls::{TlsConfigHandle, TlsError, parse_certs_pem, server_config_from_pki};
+use crate::tls::{ServerIdentityFiles, TlsConfigHandle, TlsError, parse_certs_pem, server_config_for};
 use crate::transport::{TransportOptions, TransportStats};
 
 pub use errors::ApiError;
@@ -119,6 +120,9 @@ pub struct ServerConfig {
     pub agent_cert_validity: time::Duration,
     /// How long shutdown waits for open connections.
     pub shutdown_grace: Duration,
+    /// An operator-supplied server certificate and key, presented on the API and enrollment listeners
+    /// instead of the auto-issued one (client certificates are still checked against the fleet CA).
+    pub tls_identity: Option<ServerIdentityFiles>,
     /// The clock.
     pub clock: Clock,
 }
@@ -137,6 +141,7 @@ impl ServerConfig {
             read_wait_max: DEFAULT_READ_WAIT_MAX,
             agent_cert_validity: DEFAULT_AGENT_CERT_VALIDITY,
             shutdown_grace: Duration::from_secs(10),
+            tls_identity: None,
             clock: Clock::system(),
         }
     }
@@ -238,6 +243,8 @@ pub(crate) struct App {
     /// Flips to `true` at shutdown; long-lived responses (SSE) end when it does.
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) sse_buffer: usize,
+    /// Successful pin checks, reused while the ledger's auth epoch is unchanged.
+    pub(crate) auth_cache: auth_cache::AuthCache,
 }
 
 /// A server with its listeners bound, not yet serving.
@@ -295,9 +302,10 @@ impl Server {
             return Err(ServerError::Config("agent_cert_validity must be positive".into()));
         }
         let now = config.clock.now();
-        let api_tls = TlsConfigHandle::new(server_config_from_pki(&pki, now, true)?);
+        let identity = config.tls_identity.as_ref();
+        let api_tls = TlsConfigHandle::new(server_config_for(&pki, now, identity, true)?);
         let enroll_tls = match config.enroll_listen {
-            Some(_) => Some(TlsConfigHandle::new(server_config_from_pki(&pki, now, false)?)),
+            Some(_) => Some(TlsConfigHandle::new(server_config_for(&pki, now, identity, false)?)),
             None => None,
         };
         let (api, api_addr) = bind_one("API", config.listen).await?;
@@ -328,6 +336,7 @@ impl Server {
             agent_cert_validity: config.agent_cert_validity,
             shutdown: shutdown_rx,
             sse_buffer: SSE_CLIENT_BUFFER,
+            auth_cache: auth_cache::AuthCache::default(),
         });
         Ok(Server {
             addrs: RunningAddrs { api: api_addr, dashboard: dashboard_addr, enroll: enroll_addr },
@@ -416,6 +425,7 @@ impl Server {
             .run();
         let refresh_fut = {
             let app = app.clone();
+            let identity = config.tls_identity.clone();
             let mut stop = app.shutdown.clone();
             async move {
                 loop {
@@ -424,14 +434,14 @@ impl Server {
                         () = tokio::time::sleep(TLS_REFRESH_EVERY) => {}
                     }
                     let now = app.clock.now();
-                    match server_config_from_pki(&app.pki, now, true) {
+                    match server_config_for(&app.pki, now, identity.as_ref(), true) {
                         Ok(c) => api_tls.replace(c),
                         Err(e) => {
                             tracing::error!(error = %e, "rebuilding the API TLS configuration failed; keeping the old one")
                         }
                     }
                     if let Some(handle) = &enroll_tls {
-                        match server_config_from_pki(&app.pki, now, false) {
+                        match server_config_for(&app.pki, now, identity.as_ref(), false) {
                             Ok(c) => handle.replace(c),
                             Err(e) => tracing::error!(error = %e, "rebuilding the enrollment TLS configuration failed"),
                         }

@@ -218,7 +218,7 @@ where
             check_method(&parts.method, m)?;
             return health(app);
         }
-        let principal = authorize(app, &parts.peer)?;
+        let principal = authorize(app, &parts.peer).await?;
         let Some((route, _, method)) = matched else {
             return Err(ApiError::not_found(format!("no route {} {}", parts.method, parts.path)));
         };
@@ -296,58 +296,88 @@ fn check_method(got: &Method, want: &Method) -> Result<(), ApiError> {
 }
 
 /// Establishes who the peer is: the certificate's role, confirmed by an active pin in the ledger.
-pub(crate) fn authorize(app: &App, peer: &PeerInfo) -> Result<Principal, ApiError> {
+///
+/// The pin is checked on every request: from the [`super::auth_cache`] while the ledger's auth epoch says no
+/// commit has touched pins or devices since, else from the ledger's decision state. The writer holds that state
+/// for the whole of a group commit (including the fdatasync); rather than block a runtime worker (and with
+/// it every other connection) until then, a request that finds it busy waits on a blocking thread, so the
+/// workers keep reading requests, which join the next group commit.
+pub(crate) async fn authorize(app: &App, peer: &PeerInfo) -> Result<Principal, ApiError> {
     let Some(fingerprint) = peer.fingerprint else {
         return Err(ApiError::not_pinned("no client certificate was presented"));
     };
-    let identity = peer
-        .identity()
-        .map_err(|e| ApiError::not_pinned(format!("certificate {fingerprint} carries no usable role: {e}")))?;
-    // While the store is being recovered the decision state is empty: refuse with "retry later", not 403.
+    // While the store is being recovered the decision state is empty: refuse with "retry later", not 403 (and
+    // not from the cache either: nothing may be authorised while the ledger cannot write).
     if let Some(why) = app.ledger.unavailable() {
         // Requests are what make the writer retry the reopen; refused ones must ask for it.
         app.ledger.retry_storage();
         return Err(ApiError::unavailable("storage_unavailable", why));
     }
     let now = app.clock.now_ms();
+    // Read before the state: if a commit changes pins in between, the entry is stale at once.
+    let epoch = app.ledger.auth_epoch();
+    if let Some(principal) = app.auth_cache.get(&fingerprint, epoch, now) {
+        return Ok(principal);
+    }
+    let identity = peer
+        .identity()
+        .map_err(|e| ApiError::not_pinned(format!("certificate {fingerprint} carries no usable role: {e}")))?;
     let role = identity.role;
-    app.ledger.with_state(|state| {
-        let refuse = |why: &str| Err(ApiError::not_pinned(format!("certificate {fingerprint} ({role}) {why}")));
-        let Some(pin) = state.certs.get(&fingerprint.0) else {
-            return refuse("is not pinned in the ledger");
-        };
-        if pin.revoked {
-            return refuse("is revoked");
+    let answer = match app.ledger.try_with_state(|state| check_pin(state, fingerprint, &role, now)) {
+        Some(answer) => answer,
+        None => {
+            let ledger = app.ledger.clone();
+            tokio::task::spawn_blocking(move || ledger.with_state(|state| check_pin(state, fingerprint, &role, now)))
+                .await
+                .map_err(|e| ApiError::internal(format!("checking the certificate pin: {e}")))?
         }
-        if pin.not_after <= now {
-            return refuse("has expired");
-        }
-        let pinned_matches = match (&pin.role, &role) {
-            (CertRole::Agent(d), Role::Agent { device_id }) => d == device_id,
-            (CertRole::Operator(n), Role::Operator { name }) | (CertRole::Auditor(n), Role::Auditor { name }) => {
-                n == name
-            }
-            _ => false,
-        };
-        if !pinned_matches {
-            return refuse("is pinned to a different identity");
-        }
-        let actor = match &role {
-            Role::Agent { device_id } => {
-                match state.devices.get(device_id) {
-                    None => return refuse("speaks for a device that is not enrolled"),
-                    Some(d) if d.status == DeviceStatus::Decommissioned => {
-                        return refuse("speaks for a decommissioned device");
-                    }
-                    Some(_) => {}
+    };
+    let (principal, not_after) = answer?;
+    app.auth_cache.put(fingerprint, epoch, not_after, principal.clone());
+    Ok(principal)
+}
+
+/// The pin check itself: pinned, not revoked, not expired, for this role and name; an agent's device enrolled
+/// and not decommissioned. Returns the principal and the pin's expiry.
+fn check_pin(
+    state: &hwledger_engine::state::State,
+    fingerprint: Fingerprint,
+    role: &Role,
+    now: i64,
+) -> Result<(Principal, i64), ApiError> {
+    let refuse = |why: &str| Err(ApiError::not_pinned(format!("certificate {fingerprint} ({role}) {why}")));
+    let Some(pin) = state.certs.get(&fingerprint.0) else {
+        return refuse("is not pinned in the ledger");
+    };
+    if pin.revoked {
+        return refuse("is revoked");
+    }
+    if pin.not_after <= now {
+        return refuse("has expired");
+    }
+    let pinned_matches = match (&pin.role, role) {
+        (CertRole::Agent(d), Role::Agent { device_id }) => d == device_id,
+        (CertRole::Operator(n), Role::Operator { name }) | (CertRole::Auditor(n), Role::Auditor { name }) => n == name,
+        _ => false,
+    };
+    if !pinned_matches {
+        return refuse("is pinned to a different identity");
+    }
+    let actor = match role {
+        Role::Agent { device_id } => {
+            match state.devices.get(device_id) {
+                None => return refuse("speaks for a device that is not enrolled"),
+                Some(d) if d.status == DeviceStatus::Decommissioned => {
+                    return refuse("speaks for a decommissioned device");
                 }
-                Actor::Agent(device_id.clone())
+                Some(_) => {}
             }
-            Role::Operator { name } => Actor::Operator(name.clone()),
-            Role::Auditor { name } => Actor::Auditor(name.clone()),
-        };
-        Ok(Principal { role: role.clone(), fingerprint, actor })
-    })
+            Actor::Agent(device_id.clone())
+        }
+        Role::Operator { name } => Actor::Operator(name.clone()),
+        Role::Auditor { name } => Actor::Auditor(name.clone()),
+    };
+    Ok((Principal { role: role.clone(), fingerprint, actor }, pin.not_after))
 }
 
 /// Operators and auditors only.
