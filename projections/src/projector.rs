@@ -215,6 +215,99 @@ impl Projections {
     }
 }
 
+/// Events handed to the snapshots thread of [`replay_into`] at a time.
+const REPLAY_BATCH: usize = 512;
+
+/// Replays the log's events `[from, to]` into the `targets` of `p`, in order, and returns the seq and hash of
+/// the last one (or `None` if there was none).
+///
+/// Snapshots costs as much per event as the other three projections together, so when it is replayed with
+/// others and the machine has a second core, it runs on a thread of its own: this thread reads, decodes and
+/// applies the rest, handing each decoded batch to that thread as well. Each projection still sees every
+/// event once and in seq order, so the result is the one a single thread computes.
+fn replay_into(
+    store: &Store,
+    from: u64,
+    to: u64,
+    p: &mut Projections,
+    targets: &[ProjectionName],
+) -> Result<Option<(u64, Hash)>, ReadError> {
+    let mut last = None;
+    let with_snapshots = targets.contains(&ProjectionName::Snapshots);
+    let others: Vec<ProjectionName> = targets.iter().copied().filter(|n| *n != ProjectionName::Snapshots).collect();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if !with_snapshots || others.is_empty() || cores < 2 || from > to {
+        for_each_event(store, from, to, |e| {
+            for n in targets {
+                p.get_mut(n.slot()).apply(&e.record);
+            }
+            last = Some((e.seq, e.hash));
+            Ok(())
+        })?;
+        return Ok(last);
+    }
+    let Projections { registry, snapshots, cost, dashboard } = p;
+    let mut rest: Vec<&mut dyn Projection> = [
+        (ProjectionName::Registry, registry as &mut dyn Projection),
+        (ProjectionName::Cost, cost as &mut dyn Projection),
+        (ProjectionName::Dashboard, dashboard as &mut dyn Projection),
+    ]
+    .into_iter()
+    .filter(|(n, _)| others.contains(n))
+    .map(|(_, q)| q)
+    .collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<EventRecord>>>(8);
+        let worker = std::thread::Builder::new()
+            .name("replay-snapshots".into())
+            .spawn_scoped(scope, move || {
+                for batch in rx {
+                    for record in batch.iter() {
+                        snapshots.apply(record);
+                    }
+                }
+            })
+            .map_err(|source| {
+                ReadError::Store(StoreError::Io {
+                    op: "starting the replay thread for",
+                    path: store.dir().to_owned(),
+                    source,
+                })
+            })?;
+        let mut batch: Vec<EventRecord> = Vec::with_capacity(REPLAY_BATCH);
+        let hand_over = |batch: &mut Vec<EventRecord>, rest: &mut Vec<&mut dyn Projection>| -> bool {
+            let full = Arc::new(std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH)));
+            // Hand over first, so both threads work on the batch at once.
+            let sent = tx.send(full.clone()).is_ok();
+            for record in full.iter() {
+                for q in rest.iter_mut() {
+                    q.apply(record);
+                }
+            }
+            sent
+        };
+        let mut worker_gone = false;
+        let read = for_each_event(store, from, to, |e| {
+            last = Some((e.seq, e.hash));
+            batch.push(e.record);
+            if batch.len() >= REPLAY_BATCH && !hand_over(&mut batch, &mut rest) {
+                worker_gone = true;
+                // The snapshots thread ended early (it panicked): stop reading; the join below reports it.
+                return Err(ReadError::Gap { expected: 0, found: 0 });
+            }
+            Ok(())
+        });
+        if !worker_gone && !batch.is_empty() {
+            hand_over(&mut batch, &mut rest);
+        }
+        drop(tx);
+        if let Err(panic) = worker.join() {
+            std::panic::resume_unwind(panic);
+        }
+        read.map(|_| last)
+    })
+}
+
 /// Where one projection stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Slot {
@@ -463,10 +556,7 @@ pub fn as_of(store: &Store, at: AsOf) -> Result<PastProjections, ProjectionError
     };
     let mut projections = Projections::default();
     if seq > 0 {
-        for_each_event(store, 1, seq, |e| {
-            projections.apply(&e.record);
-            Ok(())
-        })?;
+        replay_into(store, 1, seq, &mut projections, &ProjectionName::ALL)?;
     }
     Ok(PastProjections { seq, projections })
 }
@@ -689,14 +779,7 @@ impl Projector {
         };
         // Replay into fresh memory, outside the lock.
         let mut fresh = Projections::default();
-        let mut at: (u64, Hash) = (0, [0; 32]);
-        for_each_event(store, 1, u64::MAX, |e| {
-            for n in &targets {
-                fresh.get_mut(n.slot()).apply(&e.record);
-            }
-            at = (e.seq, e.hash);
-            Ok(())
-        })?;
+        let at: (u64, Hash) = replay_into(store, 1, u64::MAX, &mut fresh, &targets)?.unwrap_or((0, [0; 32]));
         {
             let mut live = self.live.write();
             for n in &targets {

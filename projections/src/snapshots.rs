@@ -148,17 +148,123 @@ impl Bucket {
 }
 
 /// The history of one GPU.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct GpuSeries {
     index: u32,
     /// The sample with the greatest `sampled_at` (the later event wins a tie).
     latest: Sample,
     /// Sorted by `sampled_at`.
     raw: VecDeque<Sample>,
-    /// Sorted by start.
-    minutes: VecDeque<Bucket>,
-    /// Sorted by start.
-    hours: VecDeque<Bucket>,
+    /// 1-minute buckets.
+    minutes: Tier,
+    /// 1-hour buckets.
+    hours: Tier,
+    /// A lower bound of the event time at which the oldest entry of some tier falls out of retention: below it
+    /// [`GpuSeries::expire`] has nothing to do and skips reading the tiers' fronts, which are cold in memory
+    /// (one cache miss per GPU per heartbeat otherwise). Derived, so neither stored nor compared nor digested;
+    /// `i64::MIN` (after decoding) means "check".
+    #[serde(skip, default = "unknown_horizon")]
+    expiry_horizon: UnixMillis,
+}
+
+fn unknown_horizon() -> UnixMillis {
+    UnixMillis::MIN
+}
+
+/// `t` as an expiry horizon. Near `i64::MIN` the retention cuts (`newest_at.saturating_sub(..)`) saturate and
+/// stop being the inverse of `t + retention`: there the horizon is "always check".
+fn horizon(t: UnixMillis) -> UnixMillis {
+    const SATURATING: UnixMillis = UnixMillis::MIN + 2 * HOUR_RETENTION_MS;
+    if t < SATURATING { UnixMillis::MIN } else { t }
+}
+
+/// Equal histories; the derived expiry horizon does not count.
+impl PartialEq for GpuSeries {
+    fn eq(&self, other: &GpuSeries) -> bool {
+        self.index == other.index
+            && self.latest == other.latest
+            && self.raw == other.raw
+            && self.minutes == other.minutes
+            && self.hours == other.hours
+    }
+}
+
+/// One tier of buckets, sorted by start. The newest bucket — the one almost every sample lands in — is held
+/// inline (`open`), beside the series' other hot fields, and only moves to `closed` when a later bucket
+/// starts: a heartbeat then updates memory the series already has in cache instead of a deque's cold tail
+/// (which cost a cache miss per GPU per tier per heartbeat). It is serialized as the plain sorted list of
+/// buckets, so the state's bytes and digest do not depend on this split.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Tier {
+    /// Every bucket but the newest, sorted by start.
+    closed: VecDeque<Bucket>,
+    /// The bucket with the greatest start (`None` only when the tier is empty).
+    open: Option<Bucket>,
+}
+
+impl Tier {
+    fn len(&self) -> usize {
+        self.closed.len() + usize::from(self.open.is_some())
+    }
+
+    /// Oldest first.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &Bucket> {
+        self.closed.iter().chain(self.open.iter())
+    }
+
+    fn front(&self) -> Option<&Bucket> {
+        self.closed.front().or(self.open.as_ref())
+    }
+
+    /// Adds `s` to the bucket of width `width` it falls in, keeping the tier sorted and at most `cap` long
+    /// (dropping the oldest buckets).
+    fn add(&mut self, s: &Sample, width: i64, cap: usize) {
+        let start = align(s.sampled_at, width);
+        match &mut self.open {
+            Some(open) if open.start == start => open.add(s),
+            Some(open) if open.start < start => {
+                let mut fresh = Bucket::new(start);
+                fresh.add(s);
+                let done = std::mem::replace(open, fresh);
+                self.closed.push_back(done);
+            }
+            Some(_) => add_to_buckets(&mut self.closed, s, width),
+            None => {
+                let mut fresh = Bucket::new(start);
+                fresh.add(s);
+                self.open = Some(fresh);
+            }
+        }
+        while self.len() > cap && self.closed.pop_front().is_some() {}
+    }
+
+    /// Drops the buckets that end at or before `from`.
+    fn expire(&mut self, from: UnixMillis, width: i64) {
+        let expired = |b: &Bucket| b.start.saturating_add(width) <= from;
+        while self.closed.front().is_some_and(expired) {
+            self.closed.pop_front();
+        }
+        if self.closed.is_empty() && self.open.as_ref().is_some_and(expired) {
+            self.open = None;
+        }
+    }
+}
+
+impl Serialize for Tier {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Tier, D::Error> {
+        let mut closed = VecDeque::<Bucket>::deserialize(deserializer)?;
+        if !closed.iter().zip(closed.iter().skip(1)).all(|(a, b)| a.start < b.start) {
+            return Err(serde::de::Error::custom("buckets are not sorted by start"));
+        }
+        let open = closed.pop_back();
+        Ok(Tier { closed, open })
+    }
 }
 
 fn align(t: UnixMillis, width: i64) -> UnixMillis {
@@ -170,8 +276,8 @@ fn align_up(t: UnixMillis, width: i64) -> UnixMillis {
     if a == t { a } else { a.saturating_add(width) }
 }
 
-/// Adds `s` to the bucket of width `width` it falls in, keeping `buckets` sorted and at most `cap` long.
-fn add_to_buckets(buckets: &mut VecDeque<Bucket>, s: &Sample, width: i64, cap: usize) {
+/// Adds `s` to the bucket of width `width` it falls in, keeping `buckets` sorted.
+fn add_to_buckets(buckets: &mut VecDeque<Bucket>, s: &Sample, width: i64) {
     let start = align(s.sampled_at, width);
     // Samples almost always land in the newest bucket: check it before searching.
     match buckets.back_mut() {
@@ -198,54 +304,75 @@ fn add_to_buckets(buckets: &mut VecDeque<Bucket>, s: &Sample, width: i64, cap: u
             }
         }
     }
-    while buckets.len() > cap {
-        buckets.pop_front();
-    }
 }
 
 impl GpuSeries {
     fn new(index: u32, first: Sample) -> GpuSeries {
-        GpuSeries { index, latest: first, raw: VecDeque::new(), minutes: VecDeque::new(), hours: VecDeque::new() }
+        GpuSeries {
+            index,
+            latest: first,
+            raw: VecDeque::new(),
+            minutes: Tier::default(),
+            hours: Tier::default(),
+            expiry_horizon: UnixMillis::MAX,
+        }
     }
 
     fn add(&mut self, s: Sample, newest_at: UnixMillis) {
-        if s.sampled_at >= self.latest.sampled_at {
+        // `latest` is the greatest sample time seen, so a sample at or after it goes at the end of `raw` without
+        // reading `raw`'s tail (cold memory); an earlier one is inserted in order, after equal times.
+        let in_order = s.sampled_at >= self.latest.sampled_at;
+        if in_order {
             self.latest = s;
         }
         if s.sampled_at > newest_at.saturating_sub(RAW_RETENTION_MS) {
-            match self.raw.back() {
-                Some(last) if last.sampled_at > s.sampled_at => {
-                    let pos = self.raw.partition_point(|r| r.sampled_at <= s.sampled_at);
-                    self.raw.insert(pos, s);
-                }
-                _ => self.raw.push_back(s),
+            if in_order {
+                self.raw.push_back(s);
+            } else {
+                let pos = self.raw.partition_point(|r| r.sampled_at <= s.sampled_at);
+                self.raw.insert(pos, s);
             }
             while self.raw.len() > MAX_RAW_PER_GPU {
                 self.raw.pop_front();
             }
+            self.lower_horizon(s.sampled_at.saturating_add(RAW_RETENTION_MS));
         }
-        if align(s.sampled_at, MINUTE_MS).saturating_add(MINUTE_MS) > newest_at.saturating_sub(MINUTE_RETENTION_MS) {
-            add_to_buckets(&mut self.minutes, &s, MINUTE_MS, MAX_MINUTE_BUCKETS);
+        let minute = align(s.sampled_at, MINUTE_MS).saturating_add(MINUTE_MS);
+        if minute > newest_at.saturating_sub(MINUTE_RETENTION_MS) {
+            self.minutes.add(&s, MINUTE_MS, MAX_MINUTE_BUCKETS);
+            self.lower_horizon(minute.saturating_add(MINUTE_RETENTION_MS));
         }
-        if align(s.sampled_at, HOUR_MS).saturating_add(HOUR_MS) > newest_at.saturating_sub(HOUR_RETENTION_MS) {
-            add_to_buckets(&mut self.hours, &s, HOUR_MS, MAX_HOUR_BUCKETS);
+        let hour = align(s.sampled_at, HOUR_MS).saturating_add(HOUR_MS);
+        if hour > newest_at.saturating_sub(HOUR_RETENTION_MS) {
+            self.hours.add(&s, HOUR_MS, MAX_HOUR_BUCKETS);
+            self.lower_horizon(hour.saturating_add(HOUR_RETENTION_MS));
         }
+    }
+
+    /// An entry that expires at `t` was added: the horizon is at most `t`. (Entries dropped by a cap only
+    /// make the horizon more conservative, which costs one check.)
+    fn lower_horizon(&mut self, t: UnixMillis) {
+        self.expiry_horizon = self.expiry_horizon.min(horizon(t));
     }
 
     /// Drops entries that fell out of their tier's retention.
     fn expire(&mut self, newest_at: UnixMillis) {
+        if newest_at < self.expiry_horizon {
+            return;
+        }
         let raw_from = newest_at.saturating_sub(RAW_RETENTION_MS);
         while self.raw.front().is_some_and(|s| s.sampled_at <= raw_from) {
             self.raw.pop_front();
         }
-        let minute_from = newest_at.saturating_sub(MINUTE_RETENTION_MS);
-        while self.minutes.front().is_some_and(|b| b.start.saturating_add(MINUTE_MS) <= minute_from) {
-            self.minutes.pop_front();
-        }
-        let hour_from = newest_at.saturating_sub(HOUR_RETENTION_MS);
-        while self.hours.front().is_some_and(|b| b.start.saturating_add(HOUR_MS) <= hour_from) {
-            self.hours.pop_front();
-        }
+        self.minutes.expire(newest_at.saturating_sub(MINUTE_RETENTION_MS), MINUTE_MS);
+        self.hours.expire(newest_at.saturating_sub(HOUR_RETENTION_MS), HOUR_MS);
+        // Each tier's front expires once `newest_at` reaches its time plus the tier's retention (the
+        // conditions above, solved for `newest_at`).
+        let raw = self.raw.front().map(|s| s.sampled_at.saturating_add(RAW_RETENTION_MS));
+        let minute =
+            self.minutes.front().map(|b| b.start.saturating_add(MINUTE_MS).saturating_add(MINUTE_RETENTION_MS));
+        let hour = self.hours.front().map(|b| b.start.saturating_add(HOUR_MS).saturating_add(HOUR_RETENTION_MS));
+        self.expiry_horizon = [raw, minute, hour].into_iter().flatten().min().map_or(UnixMillis::MAX, horizon);
     }
 
     fn retained(&self) -> usize {
@@ -559,6 +686,35 @@ mod tests {
     const T0: UnixMillis = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS;
 
     #[test]
+    fn a_tier_is_stored_as_the_plain_sorted_list_of_its_buckets() {
+        let sample = |at: UnixMillis, util: f32| Sample::from_reading(at, &reading(0, util, 100));
+        let mut tier = Tier::default();
+        // In order, a new bucket (closing the open one), and a late sample into an older bucket.
+        for (at, util) in [(T0, 10.0), (T0 + 5_000, 20.0), (T0 + 3 * MINUTE_MS, 30.0), (T0 + 61_000, 40.0)] {
+            tier.add(&sample(at, util), MINUTE_MS, 100);
+        }
+        let buckets: Vec<Bucket> = tier.iter().copied().collect();
+        assert_eq!(buckets.iter().map(|b| b.start).collect::<Vec<_>>(), [T0, T0 + MINUTE_MS, T0 + 3 * MINUTE_MS]);
+        assert_eq!(tier.open.map(|b| b.start), Some(T0 + 3 * MINUTE_MS));
+        // The same bytes as the list (the layout of earlier checkpoints), and back to the same split.
+        let bytes = encode_state(&tier);
+        assert_eq!(bytes, encode_state(&buckets));
+        let back: Tier = decode_state(&bytes).expect("decode");
+        assert_eq!(back, tier);
+        // The cap drops the oldest buckets, never the open one.
+        tier.add(&sample(T0 + 4 * MINUTE_MS, 50.0), MINUTE_MS, 2);
+        assert_eq!(tier.iter().map(|b| b.start).collect::<Vec<_>>(), [T0 + 3 * MINUTE_MS, T0 + 4 * MINUTE_MS]);
+        // Expiry empties the closed buckets first, then the open one.
+        tier.expire(T0 + 4 * MINUTE_MS, MINUTE_MS);
+        assert_eq!(tier.iter().map(|b| b.start).collect::<Vec<_>>(), [T0 + 4 * MINUTE_MS]);
+        tier.expire(T0 + 5 * MINUTE_MS, MINUTE_MS);
+        assert_eq!(tier.len(), 0);
+        // A stored list out of order is refused, not silently mis-split.
+        let unsorted = encode_state(&vec![buckets[1], buckets[0]]);
+        assert!(decode_state::<Tier>(&unsorted).is_err());
+    }
+
+    #[test]
     fn latest_and_buckets_have_min_mean_max() {
         let mut s = Snapshots::default();
         // Three samples in the same minute, 10 s apart, on GPU 0; one on GPU 1.
@@ -574,7 +730,7 @@ mod tests {
         assert_eq!(g0.raw.len(), 3);
         assert_eq!(g0.minutes.len(), 1);
         assert_eq!(g0.hours.len(), 1);
-        let m = g0.minutes[0];
+        let m = *g0.minutes.iter().next().expect("a minute bucket");
         assert_eq!(m.samples, 3);
         assert_eq!(m.utilization_pct.stat(), Some(Stat { min: 10.0, mean: 30.0, max: 60.0 }));
         assert_eq!(m.vram_used_mib.stat(), Some(Stat { min: 1_000.0, mean: 2_000.0, max: 3_000.0 }));
