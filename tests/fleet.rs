@@ -10,6 +10,8 @@ mod sshd;
 #[path = "../adapters/tests/support/cloud_stub.rs"]
 mod cloud_stub;
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -57,7 +59,15 @@ impl Fleet {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_hwledger"));
         c.arg("--data").arg(self.data()).arg("--config").arg(self.config_path()).args(args);
-        for var in ["HWLEDGER_CONFIG", "HWLEDGER_DATA", "VAST_API_KEY", "RUNPOD_API_KEY", "LAMBDA_API_KEY"] {
+        for var in [
+            "HWLEDGER_CONFIG",
+            "HWLEDGER_DATA",
+            "HWLEDGER_SERVER",
+            "HWLEDGER_BUNDLE",
+            "VAST_API_KEY",
+            "RUNPOD_API_KEY",
+            "LAMBDA_API_KEY",
+        ] {
             c.env_remove(var);
         }
         c.stdin(Stdio::null());
@@ -203,6 +213,114 @@ fn probe_records_the_host_pins_its_key_on_first_use_and_refuses_a_changed_one() 
     assert!(event_body(last)["detail"].as_str().is_some_and(|d| d.starts_with("host_key_changed")), "{last}");
     assert_eq!(events.iter().filter(|e| event_type(e) == "host_key_pinned").count(), 1, "the pin was not replaced");
     assert_eq!(fleet.json(&["device", "gpu-1"])["host_key"], first["host_key_fingerprint"]);
+}
+
+/// While `hwledger serve` holds the data directory, the fleet commands record through it over mTLS as the
+/// bootstrap operator: a probe (trust on first use, host key pinned), a rate, and a dispatched job that the
+/// server's cost projection prices. Afterwards the log has it all, once, with the operator as the actor.
+#[test]
+fn fleet_commands_record_through_a_running_server() {
+    let fleet = Fleet::new();
+    let sshd = Sshd::start();
+    install_fake_nvidia(&sshd);
+    let server = support::Server::start(&fleet.data(), false);
+    let url = server.url("");
+
+    // Locally the store is locked by the server: the commands say so instead of waiting or half-working.
+    let locked = fleet.run(&["--json", "probe", "ssh", &sshd.target_string(), "--key", &key_arg(&sshd)]);
+    assert_eq!(locked.status.code(), Some(2), "a local probe beside a running server:\n{}", err(&locked));
+    assert!(err(&locked).contains("pass --server URL"), "{}", err(&locked));
+
+    // `--server` on the command line (the bundle defaults to <data>/operator, which serve wrote).
+    let o = fleet.expect(
+        0,
+        &[
+            "--json",
+            "probe",
+            "ssh",
+            &sshd.target_string(),
+            "--key",
+            &key_arg(&sshd),
+            "--device",
+            "gpu-1",
+            "--server",
+            &url,
+        ],
+    );
+    let first: Value = serde_json::from_str(out(&o).trim()).expect("probe JSON");
+    assert_eq!(first["ok"], true);
+    assert_eq!(first["host_key_trust"], "first_use");
+
+    // `server` in the configuration for the rest: submit, dispatch and the reads all go to the server.
+    fleet.config(&format!(
+        "server = {url:?}\n\n[[ssh_hosts]]\ndevice_id = \"gpu-1\"\ntarget = {:?}\nkey = {:?}\n",
+        sshd.target_string(),
+        key_arg(&sshd)
+    ));
+    fleet.submit(&[serde_json::json!({
+        "command_id": "rate-1",
+        "command": {"type": "set_device_rate", "device_id": "gpu-1", "micro_usd_per_hour": 3_600_000}
+    })]);
+    let device = fleet.json(&["device", "gpu-1"]);
+    assert_eq!(device["host_key"], sshd.host_fingerprint());
+    let o = fleet.expect(
+        0,
+        &[
+            "--json",
+            "dispatch",
+            "--device",
+            "gpu-1",
+            "--model",
+            "m",
+            "--vram",
+            "1000",
+            "--price-from",
+            "rate",
+            "--job",
+            "j-remote",
+            "--",
+            "echo",
+            "remote",
+        ],
+    );
+    let result: Value = serde_json::from_str(out(&o).trim()).expect("dispatch JSON");
+    assert_eq!(result["outcome"]["outcome"], "completed");
+    assert_eq!(result["output"]["stdout"], "remote\n");
+    let job = fleet.job("j-remote");
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["micro_usd_per_hour"], 3_600_000);
+    assert!(job["cost_micro_usd"].is_u64(), "priced by the server's cost projection: {job}");
+    // A retry through the server runs nothing again.
+    let retry = fleet.run(&[
+        "dispatch",
+        "--device",
+        "gpu-1",
+        "--model",
+        "m",
+        "--vram",
+        "1000",
+        "--price-from",
+        "rate",
+        "--job",
+        "j-remote",
+        "--",
+        "echo",
+        "remote",
+    ]);
+    assert_eq!(retry.status.code(), Some(1), "{}", err(&retry));
+    assert!(err(&retry).contains("not running it again"), "{}", err(&retry));
+
+    server.stop();
+    fleet.config("");
+    let events = fleet.events();
+    let types: Vec<&str> = events.iter().map(event_type).collect();
+    for (kind, n) in
+        [("host_key_pinned", 1), ("host_probed", 1), ("job_dispatched", 1), ("job_started", 1), ("job_completed", 1)]
+    {
+        assert_eq!(types.iter().filter(|t| **t == kind).count(), n, "{kind} in {types:?}");
+    }
+    let dispatched = events.iter().find(|e| event_type(e) == "job_dispatched").expect("dispatched");
+    assert_eq!(dispatched["record"]["actor"], serde_json::json!({"operator": "admin"}), "{dispatched}");
 }
 
 #[test]

@@ -573,7 +573,7 @@ fn open_with_lock_retry(dir: &Path) -> Result<sled::Db, StoreError> {
             }
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 return Err(StoreError::Io {
-                    op: "lock the data directory (is a server or another hwledger using it?)",
+                    op: "lock the data directory (is a server or another hwledger using it? beside `hwledger serve`, pass --server URL)",
                     path: dir.to_path_buf(),
                     source: e,
                 });

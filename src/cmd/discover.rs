@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use hwledger_adapters::fleet::discover::{PeerStatus, find, peers, token_submission};
 
-use super::fleet::{CheckFailed, Target, runtime, submit_all};
+use super::fleet::{CheckFailed, ServerArgs, Target, runtime, submit_all};
 use super::ledger_tools::now_ms;
 use super::{Config, Global};
 
@@ -25,6 +25,8 @@ const MAX_STATUS_BYTES: usize = 16 * 1024 * 1024;
 pub struct DiscoverArgs {
     #[command(subcommand)]
     pub source: DiscoverSource,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,12 +105,13 @@ fn row(p: &PeerStatus) -> String {
 }
 
 pub fn run(config: &Config, global: &Global, args: DiscoverArgs) -> anyhow::Result<ExitCode> {
+    let server = args.server;
     let DiscoverSource::Tailscale(args) = args.source;
     let bin = args.tailscale_bin.unwrap_or_else(|| config.tailscale_bin.clone());
     let text = tailscale_status(&bin)?;
     let status = hwledger_adapters::tailscale::parse_status(&text)
         .map_err(|e| anyhow::anyhow!("{} status --json: {} ({})", bin.display(), e, e.code()))?;
-    let target = Target::from_config(config);
+    let target = Target::resolve(config, &server)?;
     let fleet = target.fleet()?;
     let all = peers(&status, &fleet.devices);
 

@@ -30,8 +30,8 @@ use hwledger_engine::event::PriceQuote;
 use hwledger_engine::state::JobStatus;
 
 use super::fleet::{
-    CheckFailed, FleetView, Target, cloud_client, fetch_offers, hours_ms, load_price_cache, runtime, save_price_cache,
-    submit_all,
+    CheckFailed, FleetView, ServerArgs, Target, cloud_client, fetch_offers, hours_ms, load_price_cache, runtime,
+    save_price_cache, submit_all,
 };
 use super::ledger_tools::now_ms;
 use super::probe::{HostPlan, client_config};
@@ -89,6 +89,8 @@ pub struct DispatchArgs {
     /// The command to run (joined with spaces, like ssh does, and run by the remote shell).
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// How to reach `device_id` over SSH: its `[[ssh_hosts]]` entry, else its enrolled SSH target.
@@ -228,7 +230,7 @@ fn price(
 }
 
 pub fn run(config: &Config, global: &Global, args: DispatchArgs) -> anyhow::Result<ExitCode> {
-    let target = Target::from_config(config);
+    let target = Target::resolve(config, &args.server)?;
     let rt = runtime()?;
     let timeout = parse_window(&args.timeout).context("--timeout")?;
     let fleet = target.fleet()?;

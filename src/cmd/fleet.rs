@@ -4,12 +4,16 @@
 //!
 //! The local target opens the data directory's ledger for each call and closes it again, so a long
 //! job dispatched over SSH never holds the store's lock while it runs (other CLI calls stay usable).
-//! Local commands act as the system actor, like `submit`.
+//! Local commands act as the system actor, like `submit`. With `--server URL` (or `server` in the
+//! configuration, `HWLEDGER_SERVER`) they submit to and read from a running server over mTLS instead, as
+//! the operator of the `--bundle` (default `<data>/operator`): the way to use them while `hwledger serve`
+//! holds the data directory. Their `--key` is the SSH key, so the TLS credentials come from a bundle only.
 //!
 //! Also here: the shared plumbing of those commands — the tokio runtime they use for SSH and HTTP, and
 //! the rental-cloud clients and on-disk price cache built from the configuration.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,11 +24,14 @@ use hwledger_engine::ledger::Outcome;
 use hwledger_engine::state::JobStatus;
 use hwledger_engine::{Context, Submission};
 use hwledger_projections::{Projector, ProjectorOptions};
+use hwledger_wire::api::BatchItemResult;
+use hwledger_wire::client::TelemetryQuery;
 use serde::{Deserialize, Serialize};
 
 use super::Config;
 use super::ledger_tools::now_ms;
 use super::reads::HEARTBEAT;
+use super::target::{Remote, RemoteArgs};
 
 /// What became of one submission.
 #[derive(Debug, Clone, Serialize)]
@@ -38,7 +45,7 @@ pub struct Submitted {
     /// Seq of its first event (accepted or duplicate).
     pub seq: Option<u64>,
     /// Rejection code.
-    pub code: Option<&'static str>,
+    pub code: Option<String>,
     /// Rejection message.
     pub message: Option<String>,
 }
@@ -55,7 +62,7 @@ impl Submitted {
             "{} {}: {}: {}",
             self.command,
             self.command_id,
-            self.code.unwrap_or("?"),
+            self.code.as_deref().unwrap_or("?"),
             self.message.as_deref().unwrap_or_default()
         )
     }
@@ -77,17 +84,35 @@ impl FleetView {
     }
 }
 
+/// `--server` and `--bundle` of the fleet commands.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// Record to and read from this server (`https://HOST:PORT`) instead of the local data directory (needed
+    /// while `hwledger serve` runs on it). Also `server` in the configuration file or `HWLEDGER_SERVER`.
+    #[arg(long, value_name = "URL", global = true)]
+    pub server: Option<String>,
+    /// Operator credential bundle for `--server` (`ca.crt`, `operator-<name>.crt`, `.key`). Also `bundle` in
+    /// the configuration or `HWLEDGER_BUNDLE`; default `<data>/operator` when it exists.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub bundle: Option<PathBuf>,
+}
+
 /// Where commands are submitted and reads come from.
-#[derive(Debug, Clone)]
 pub enum Target {
     /// The local data directory.
-    Local(Config),
+    Local(Box<Config>),
+    /// A server, as the bundle's operator.
+    Remote(Box<Remote>),
 }
 
 impl Target {
-    /// The target selected by the configuration.
-    pub fn from_config(config: &Config) -> Target {
-        Target::Local(config.clone())
+    /// The target the flags, environment and configuration name.
+    pub fn resolve(config: &Config, args: &ServerArgs) -> anyhow::Result<Target> {
+        let remote = RemoteArgs { server: args.server.clone(), bundle: args.bundle.clone(), ..RemoteArgs::default() };
+        Ok(match super::target::Target::resolve(config, &remote)? {
+            super::target::Target::Local(c) => Target::Local(c),
+            super::target::Target::Remote(r) => Target::Remote(Box::new(r)),
+        })
     }
 
     /// Submits `subs` in order (one group commit), at `now`. Every submission gets a [`Submitted`];
@@ -128,13 +153,54 @@ impl Target {
                             command,
                             status: "rejected",
                             seq: None,
-                            code: Some(r.code()),
+                            code: Some(r.code().to_owned()),
                             message: Some(r.to_string()),
                         },
                     };
                     out.push(submitted);
                 }
                 Ok(out)
+            }
+            Target::Remote(remote) => {
+                let names: Vec<(String, &'static str)> =
+                    subs.iter().map(|s| (s.command_id.clone(), s.command.type_name())).collect();
+                let results = remote.submit(&subs)?;
+                anyhow::ensure!(
+                    results.len() == names.len(),
+                    "the server answered {} results for {} submissions",
+                    results.len(),
+                    names.len()
+                );
+                Ok(names
+                    .into_iter()
+                    .zip(results)
+                    .map(|((command_id, command), result)| match result {
+                        BatchItemResult::Accepted { receipt } => Submitted {
+                            command_id,
+                            command,
+                            status: "accepted",
+                            seq: Some(receipt.first_seq),
+                            code: None,
+                            message: None,
+                        },
+                        BatchItemResult::Duplicate { receipt } => Submitted {
+                            command_id,
+                            command,
+                            status: "duplicate",
+                            seq: Some(receipt.first_seq),
+                            code: None,
+                            message: None,
+                        },
+                        BatchItemResult::Rejected { code, message } => Submitted {
+                            command_id,
+                            command,
+                            status: "rejected",
+                            seq: None,
+                            code: Some(code),
+                            message: Some(message),
+                        },
+                    })
+                    .collect())
             }
         }
     }
@@ -150,23 +216,54 @@ impl Target {
                 ledger.close().context("close ledger")?;
                 Ok(result)
             }
+            Target::Remote(_) => anyhow::bail!("internal: no local projections on a server target"),
         }
     }
 
     /// Every device as the registry serves it (`GET /v1/devices`, `devices --json`).
     fn device_views(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        if let Target::Remote(r) = self {
+            return r.rt.block_on(r.client.devices(r.head()?)).map_err(anyhow::Error::new);
+        }
         let views = self.with_projector(|p| p.devices(now_ms(), HEARTBEAT))?;
         views.into_iter().map(|v| serde_json::to_value(v).context("render device")).collect()
     }
 
-    /// The latest reading of each GPU, as the snapshots projection serves it.
-    fn latest_views(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let latest = self.with_projector(|p| p.snapshots().latest())?;
-        latest.into_iter().map(|v| serde_json::to_value(v).context("render telemetry")).collect()
+    /// The latest reading of each GPU of `devices`, as the snapshots projection serves it.
+    fn latest_views(&self, devices: &[KnownDevice]) -> anyhow::Result<Vec<LatestView>> {
+        let Target::Remote(r) = self else {
+            let latest = self.with_projector(|p| p.snapshots().latest())?;
+            return latest
+                .into_iter()
+                .map(|v| serde_json::to_value(v).and_then(serde_json::from_value).context("render telemetry"))
+                .collect();
+        };
+        // A server serves telemetry per device: ask each live device for an empty range, which still carries
+        // every GPU's latest sample.
+        let head = r.head()?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for d in devices.iter().filter(|d| !d.decommissioned) {
+            let q = TelemetryQuery { device: d.device_id.clone(), from: Some(now), to: Some(now), gpu: None };
+            let answer: DeviceTelemetryView = match r.rt.block_on(r.client.telemetry(&q, head)) {
+                Ok(v) => serde_json::from_value(v).context("read telemetry")?,
+                Err(e) if e.status() == Some(404) => continue,
+                Err(e) => return Err(anyhow::Error::new(e)),
+            };
+            out.extend(answer.gpus.into_iter().map(|g| LatestView {
+                device_id: answer.device_id.clone(),
+                index: g.index,
+                sample: g.latest,
+            }));
+        }
+        Ok(out)
     }
 
     /// Every job as the cost projection serves it.
     fn job_views(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        if let Target::Remote(r) = self {
+            return r.rt.block_on(r.client.jobs(r.head()?)).map_err(anyhow::Error::new);
+        }
         let jobs = self.with_projector(|p| p.jobs())?;
         jobs.into_iter().map(|v| serde_json::to_value(v).context("render job")).collect()
     }
@@ -175,8 +272,7 @@ impl Target {
     pub fn fleet(&self) -> anyhow::Result<FleetView> {
         let devices = self.device_views()?.iter().map(known_device).collect::<anyhow::Result<Vec<_>>>()?;
         let mut loads: HashMap<String, Vec<GpuLoad>> = HashMap::new();
-        for v in self.latest_views()? {
-            let latest: LatestView = serde_json::from_value(v).context("read telemetry")?;
+        for latest in self.latest_views(&devices)? {
             loads.entry(latest.device_id).or_default().push(GpuLoad {
                 index: latest.index,
                 sampled_at: latest.sample.sampled_at,
@@ -212,6 +308,19 @@ struct LatestView {
     device_id: String,
     index: u32,
     sample: SampleView,
+}
+
+/// The fields of a device's telemetry (`GET /v1/telemetry`) that fleet commands use.
+#[derive(Debug, Deserialize)]
+struct DeviceTelemetryView {
+    device_id: String,
+    gpus: Vec<GpuTelemetryView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GpuTelemetryView {
+    index: u32,
+    latest: SampleView,
 }
 
 #[derive(Debug, Deserialize)]

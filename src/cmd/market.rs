@@ -17,8 +17,8 @@ use hwledger_adapters::fleet::rentals::instance_submissions;
 use hwledger_adapters::fleet::suggest::{Need, Suggestion, suggest};
 
 use super::fleet::{
-    ProviderError, Submitted, Target, cloud_client, configured_providers, fetch_offers, hours_ms, load_price_cache,
-    runtime, save_price_cache,
+    ProviderError, ServerArgs, Submitted, Target, cloud_client, configured_providers, fetch_offers, hours_ms,
+    load_price_cache, runtime, save_price_cache,
 };
 use super::ledger_tools::now_ms;
 use super::{Config, Global};
@@ -37,6 +37,8 @@ pub struct SuggestArgs {
     /// Rental offers listed at most.
     #[arg(long, default_value_t = 5)]
     pub offers: usize,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +55,8 @@ pub struct PricesArgs {
 pub struct RentalsArgs {
     #[command(subcommand)]
     pub action: RentalsAction,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,7 +82,7 @@ fn exit_for(providers: usize, errors: &[ProviderError]) -> ExitCode {
 
 pub fn suggest_cmd(config: &Config, global: &Global, args: SuggestArgs) -> anyhow::Result<ExitCode> {
     let duration_ms = hours_ms(args.hours)?;
-    let target = Target::from_config(config);
+    let target = Target::resolve(config, &args.server)?;
     let fleet = target.fleet()?;
     let rt = runtime()?;
     let now = Instant::now();
@@ -200,7 +204,7 @@ pub fn rentals(config: &Config, global: &Global, args: RentalsArgs) -> anyhow::R
     if providers.is_empty() {
         bail!("no rental provider configured");
     }
-    let target = Target::from_config(config);
+    let target = Target::resolve(config, &args.server)?;
     let fleet = target.fleet()?;
     let rt = runtime()?;
     let mut errors = Vec::new();

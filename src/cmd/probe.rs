@@ -18,7 +18,7 @@ use hwledger_adapters::ssh::{
     ClientIdentity, HostKeyPolicy, PoolLimits, ProbeReport, SshClientConfig, SshError, SshPool, SshTarget,
 };
 
-use super::fleet::{CheckFailed, FleetView, Submitted, Target, runtime};
+use super::fleet::{CheckFailed, FleetView, ServerArgs, Submitted, Target, runtime};
 use super::ledger_tools::now_ms;
 use super::{Config, Global};
 
@@ -30,6 +30,8 @@ pub struct ProbeArgs {
     /// Probe every `[[ssh_hosts]]` host of the configuration.
     #[arg(long)]
     pub all: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,7 +216,7 @@ fn clone_local_error(e: &SshError) -> SshError {
 }
 
 pub fn run(config: &Config, global: &Global, args: ProbeArgs) -> anyhow::Result<ExitCode> {
-    let target = Target::from_config(config);
+    let target = Target::resolve(config, &args.server)?;
     let plans = match (args.what, args.all) {
         (Some(ProbeWhat::Ssh(a)), false) => {
             let ssh_target = parse_target(&a.target)?;

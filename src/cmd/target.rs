@@ -1,8 +1,9 @@
 //! Where a command acts: the local data directory, or a server over mTLS (`--server URL` with `--bundle DIR`
 //! or `--cert/--key/--ca`, or `server` / `bundle` in the configuration, `HWLEDGER_SERVER` /
 //! `HWLEDGER_BUNDLE`). Subcommands that submit or read (submit, devices, device, telemetry, jobs, cost,
-//! dashboard, enroll token, and later probe, dispatch, agent) take [`RemoteArgs`], resolve a [`Target`]
-//! and call the same methods whichever it is, so their human and `--json` output is the same both ways.
+//! dashboard, enroll token) take [`RemoteArgs`], resolve a [`Target`] and call the same methods whichever it
+//! is, so their human and `--json` output is the same both ways. The fleet commands (probe, dispatch, suggest,
+//! rentals, discover) reach a server through [`Remote`] too (`super::fleet::Target`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +79,25 @@ pub struct Remote {
     pub rt: tokio::runtime::Runtime,
 }
 
+impl Remote {
+    /// The server's head seq now: remote reads ask for at least it, so a read after a write (from any
+    /// process) reflects that write, as a local read does (the local projector catches up on open).
+    pub fn head(&self) -> anyhow::Result<Option<u64>> {
+        Ok(Some(self.rt.block_on(self.client.health()).map_err(remote_err)?.head_seq))
+    }
+
+    /// Submits in batches the server accepts; one result per submission, in order. The identity is the
+    /// client certificate's.
+    pub fn submit(&self, subs: &[Submission]) -> anyhow::Result<Vec<BatchItemResult>> {
+        let mut out = Vec::with_capacity(subs.len());
+        for chunk in chunks(subs)? {
+            let answer = self.rt.block_on(self.client.submit_batch(chunk)).map_err(remote_err)?;
+            out.extend(answer.results);
+        }
+        Ok(out)
+    }
+}
+
 /// Where the command acts.
 pub enum Target {
     /// The local data directory (opened per operation; it must not be in use by a running server).
@@ -111,10 +131,8 @@ impl Target {
         }
     }
 
-    /// The server's head seq now: remote reads ask for at least it, so a read after a write (from any
-    /// process) reflects that write, as a local read does (the local projector catches up on open).
     fn remote_head(r: &Remote) -> anyhow::Result<Option<u64>> {
-        Ok(Some(r.rt.block_on(r.client.health()).map_err(remote_err)?.head_seq))
+        r.head()
     }
 
     /// Submits commands. Locally they run as `actor` (default: the system); remotely the identity is the
@@ -145,12 +163,7 @@ impl Target {
                         "cannot act as {actor:?} on a server: the identity comes from the client certificate"
                     );
                 }
-                let mut out = Vec::with_capacity(subs.len());
-                for chunk in chunks(&subs)? {
-                    let answer = remote.rt.block_on(remote.client.submit_batch(chunk)).map_err(remote_err)?;
-                    out.extend(answer.results);
-                }
-                Ok(out)
+                remote.submit(&subs)
             }
         }
     }
