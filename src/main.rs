@@ -10,6 +10,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: decoding events, the projections and the HTTP/TLS stack allocate and
+/// free many small objects across threads, where glibc's arenas cost W2 and W5 a tenth of their time
+/// (`hwledger bench`; see the README's benchmark table).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("HWLEDGER_LOG")
