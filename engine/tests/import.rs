@@ -77,6 +77,8 @@ fn an_intact_bundle_imports_into_a_ledger_that_verifies_and_accepts_writes() {
 /// signature cannot be), so a checkpoint claiming more events than the file holds verified "intact", was
 /// imported as is, and the imported ledger then refused every write ("a checkpoint of size 6 was signed but
 /// the log has only 5 events"). A checkpoint whose root is not the events' was stored just as blindly.
+/// Found again by the same target: import then refused such a file while `verify` (no key) still called it
+/// intact. Verification now compares the checkpoint's size and root with the events even without a key.
 #[test]
 fn a_checkpoint_that_is_not_of_the_events_is_refused_and_nothing_is_left_behind() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -92,9 +94,12 @@ fn a_checkpoint_that_is_not_of_the_events_is_refused_and_nothing_is_left_behind(
     {
         let file = dir.path().join("tampered.hwlx");
         std::fs::write(&file, &bytes).expect("write");
-        // What `hwledger import FILE` (no --vkey) checks first: the chain is fine, the checkpoint unchecked.
+        // What `hwledger import FILE` (no --vkey) checks first: the chain is fine, but the checkpoint is not
+        // one of these events — a break, without a key too.
         let report = verify_export(&file, &VerifyOptions::default(), |_| {}).expect("verify");
-        assert!(report.intact(), "{what}: {:?}", report.breaks);
+        assert!(!report.intact(), "{what}: verified intact");
+        assert_eq!(report.breaks.len(), 1, "{what}: {:?}", report.breaks);
+        assert!(report.breaks[0].detail.contains("stored checkpoint"), "{what}: {:?}", report.breaks);
         let target = dir.path().join("imported");
         let err = import(&file, &target).expect_err(what);
         assert!(err.to_string().contains("is not a checkpoint of its 5 events"), "{what}: {err}");

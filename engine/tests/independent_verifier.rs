@@ -500,6 +500,8 @@ struct Case {
 enum VkeyChoice {
     Log,
     OtherKeySameName,
+    /// No `--vkey`: the checkpoint's signature goes unchecked, its size and root do not (FORMAT.md §7.1).
+    NoKey,
 }
 
 #[test]
@@ -650,6 +652,29 @@ fn tampered_bundles_give_the_same_breaks_as_the_engine() {
         vkey: VkeyChoice::OtherKeySameName,
         ..case("another key of the same name", b.bytes.clone(), Some(vec![(n, "checkpoint_mismatch")]))
     });
+    let alter_root = |p: &mut Parsed| {
+        let text = String::from_utf8(p.checkpoint.clone()).expect("UTF-8");
+        let root_line = text.lines().nth(2).expect("root line").to_owned();
+        let flipped =
+            if root_line.starts_with('A') { root_line.replacen('A', "B", 1) } else { format!("A{}", &root_line[1..]) };
+        p.checkpoint = text.replacen(&root_line, &flipped, 1).into_bytes();
+    };
+    cases.push(Case { vkey: VkeyChoice::NoKey, ..case("intact, no key", b.bytes.clone(), Some(vec![])) });
+    cases.push(Case {
+        vkey: VkeyChoice::NoKey,
+        ..case("alter the checkpoint's root, no key", with(&alter_root), Some(vec![(n, "checkpoint_mismatch")]))
+    });
+    cases.push(Case {
+        vkey: VkeyChoice::NoKey,
+        ..case(
+            "flip the last byte of body 5, no key",
+            with(&|p| {
+                let last = p.events[4].0.len() - 1;
+                p.events[4].0[last] ^= 0x40;
+            }),
+            Some(vec![(5, "payload_altered"), (n, "checkpoint_mismatch")]),
+        )
+    });
     cases.push(Case {
         since: true,
         ..case(
@@ -667,15 +692,16 @@ fn tampered_bundles_give_the_same_breaks_as_the_engine() {
         let path = dir.join(format!("case-{i}.hwlx"));
         std::fs::write(&path, &c.bytes).expect("write case");
         let (verifier, vkey_text) = match c.vkey {
-            VkeyChoice::Log => (signer(9).verifier(), signer(9).verifier().to_vkey()),
-            VkeyChoice::OtherKeySameName => (signer(10).verifier(), signer(10).verifier().to_vkey()),
+            VkeyChoice::Log => (Some(signer(9).verifier()), signer(9).verifier().to_vkey()),
+            VkeyChoice::OtherKeySameName => (Some(signer(10).verifier()), signer(10).verifier().to_vkey()),
+            VkeyChoice::NoKey => (None, String::new()),
         };
         let since_text = std::fs::read_to_string(&b.older_note).expect("older note");
-        let opts = VerifyOptions { head: c.head, verifier: Some(verifier), since: c.since.then(|| since_text.clone()) };
+        let opts = VerifyOptions { head: c.head, verifier, since: c.since.then(|| since_text.clone()) };
         let engine = engine_breaks(&verify_export(&path, &opts, |_| {}).expect("engine verify"));
 
         let head_arg = c.head.map(|(seq, h)| format!("{seq}:{}", hex::encode(h)));
-        let mut args: Vec<&str> = vec!["--vkey", &vkey_text];
+        let mut args: Vec<&str> = if vkey_text.is_empty() { vec![] } else { vec!["--vkey", &vkey_text] };
         if let Some(h) = &head_arg {
             args.extend(["--head", h]);
         }

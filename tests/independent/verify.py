@@ -697,7 +697,22 @@ class Walk:
                              f"signed root {signed_root.hex()} for size {size}, events give {found.hex()}")
                 latest = size
         elif checkpoint is not None:
-            print("note: the file's checkpoint was not checked (no --vkey)", file=sys.stderr)
+            # No key: the signature cannot be checked, but the checkpoint must still be one of these events (§7.1).
+            print("note: the file's checkpoint signature was not checked (no --vkey)", file=sys.stderr)
+            split = checkpoint.find("\n\n")
+            try:
+                if split < 0:
+                    raise NoteError("no signature block")
+                _, size, claimed_root = parse_checkpoint(checkpoint[:split + 1])
+            except NoteError as e:
+                self.add(self.head_seq, "checkpoint_mismatch", f"the stored checkpoint does not parse: {e}")
+            else:
+                found = self.root_at(size, root)
+                if found is None:
+                    self.add(size, "truncated", f"the stored checkpoint covers {size} events but the file has {n}")
+                elif found != claimed_root:
+                    self.add(size, "checkpoint_mismatch",
+                             f"stored root {claimed_root.hex()} for size {size}, events give {found.hex()}")
         if since is not None:
             try:
                 old_size, old_root = open_checkpoint(since, vkey)
