@@ -263,35 +263,8 @@ fn fleet_commands_record_through_a_running_server() {
     })]);
     let device = fleet.json(&["device", "gpu-1"]);
     assert_eq!(device["host_key"], sshd.host_fingerprint());
-    let o = fleet.expect(
-        0,
-        &[
-            "--json",
-            "dispatch",
-            "--device",
-            "gpu-1",
-            "--model",
-            "m",
-            "--vram",
-            "1000",
-            "--price-from",
-            "rate",
-            "--job",
-            "j-remote",
-            "--",
-            "echo",
-            "remote",
-        ],
-    );
-    let result: Value = serde_json::from_str(out(&o).trim()).expect("dispatch JSON");
-    assert_eq!(result["outcome"]["outcome"], "completed");
-    assert_eq!(result["output"]["stdout"], "remote\n");
-    let job = fleet.job("j-remote");
-    assert_eq!(job["status"], "completed");
-    assert_eq!(job["micro_usd_per_hour"], 3_600_000);
-    assert!(job["cost_micro_usd"].is_u64(), "priced by the server's cost projection: {job}");
-    // A retry through the server runs nothing again.
-    let retry = fleet.run(&[
+    let args = [
+        "--json",
         "dispatch",
         "--device",
         "gpu-1",
@@ -306,7 +279,17 @@ fn fleet_commands_record_through_a_running_server() {
         "--",
         "echo",
         "remote",
-    ]);
+    ];
+    let o = fleet.expect(0, &args);
+    let result: Value = serde_json::from_str(out(&o).trim()).expect("dispatch JSON");
+    assert_eq!(result["outcome"]["outcome"], "completed");
+    assert_eq!(result["output"]["stdout"], "remote\n");
+    let job = fleet.job("j-remote");
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["micro_usd_per_hour"], 3_600_000);
+    assert!(job["cost_micro_usd"].is_u64(), "priced by the server's cost projection: {job}");
+    // A retry through the server runs nothing again.
+    let retry = fleet.run(&args[1..]);
     assert_eq!(retry.status.code(), Some(1), "{}", err(&retry));
     assert!(err(&retry).contains("not running it again"), "{}", err(&retry));
 
