@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every reliability test of hwledger, collects the `RELIABILITY <key> <value>` lines they print, and
 # rewrites the figures section of docs/RELIABILITY.md (between its `figures:begin` / `figures:end` markers)
-# with the date, the machine, the mode, each command, whether it passed, how long it took, and its figures.
+# with the machine and, per test, whether it passed, how long it took, when, on which commit and in which mode
+# it ran, its command and its figures. Tests not run this time keep their rows and figures, so
+# `scripts/reliability.sh fuzz` refreshes the fuzzing figures without discarding a long crash run's.
 #
 # Usage: scripts/reliability.sh [--long] [NAME...]
 #   --long   the long mode: 50 SIGKILLs of the server (HWLEDGER_CRASH_KILLS=50), 50 of the engine child,
@@ -81,33 +83,66 @@ rustc_v="$(rustc --version 2>/dev/null || echo unknown)"
 env_line="HWLEDGER_CRASH_KILLS=${HWLEDGER_CRASH_KILLS:-5 (default)}"
 
 python3 - "$work" "$results" "$mode" "$machine" "$commit" "$rustc_v" "$env_line" <<'PY'
-import datetime, pathlib, sys
+import datetime, pathlib, re, sys
 work, results, mode, machine, commit, rustc, env_line = sys.argv[1:8]
 doc = pathlib.Path("docs/RELIABILITY.md")
 text = doc.read_text()
 begin, end = "<!-- figures:begin -->", "<!-- figures:end -->"
 if begin not in text or end not in text:
     sys.exit("docs/RELIABILITY.md lacks the figures markers")
-now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-out = [begin, "", "_Written by `scripts/reliability.sh" + (" --long" if mode == "long" else "") + "`; do not edit by hand._", "",
-       f"- date: {now}", f"- machine: {machine}", f"- commit: {commit}", f"- toolchain: {rustc}",
-       f"- mode: {mode} ({env_line})", ""]
-out += ["| test | result | seconds | command |", "| --- | --- | --- | --- |"]
-rows = [l.split("\t") for l in pathlib.Path(results).read_text().splitlines() if l.strip()]
-for name, status, secs, cmd in rows:
-    out.append(f"| {name} | {status} | {secs} | `{cmd}` |")
-for name, status, secs, cmd in rows:
-    figs = pathlib.Path(work, name + ".figures")
-    lines = [l.split(" ", 1) for l in figs.read_text().splitlines()] if figs.exists() else []
-    out += ["", f"### {name}", ""]
-    if not lines:
-        out.append("(no figures printed)")
-        continue
-    out += ["| key | value |", "| --- | --- |"]
-    out += [f"| `{k}` | {v} |" for k, v in lines]
-out += ["", end]
 head, rest = text.split(begin, 1)
-_, tail = rest.split(end, 1)
+old, tail = rest.split(end, 1)
+
+# What the document already holds: one row and one figures section per test. A test not rerun now keeps
+# its row (with the date, commit and mode of its own run) and its figures. Rows of the older one-header
+# layout (4 cells) take the date, commit and mode of that header.
+def header(key):
+    m = re.search(r"^- " + key + r": (.*)$", old, re.M)
+    return m.group(1).strip() if m else "?"
+old_date, old_commit, old_mode = header("date"), header("commit"), header("mode").split(" ")[0]
+kept_rows, kept_figs, order = {}, {}, []
+for line in old.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+    if len(cells) == 4 and cells[0] not in ("test", "---"):
+        name, status, secs, cmd = cells
+        kept_rows[name] = (status, secs, old_mode, old_date, old_commit, cmd.strip("`"))
+    elif len(cells) == 7 and cells[0] not in ("test", "---"):
+        kept_rows[cells[0]] = (cells[1], cells[2], cells[3], cells[4], cells[5], cells[6].strip("`"))
+    else:
+        continue
+    order.append(cells[0])
+for section in re.split(r"^### ", old, flags=re.M)[1:]:
+    name, _, body = section.partition("\n")
+    kept_figs[name.strip()] = body.strip()
+
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+rows, ran = {}, []
+for l in pathlib.Path(results).read_text().splitlines():
+    if not l.strip():
+        continue
+    name, status, secs, cmd = l.split("\t")
+    rows[name] = (status, secs, mode, now, commit, cmd)
+    ran.append(name)
+    figs = pathlib.Path(work, name + ".figures")
+    lines = [f.split(" ", 1) for f in figs.read_text().splitlines() if " " in f] if figs.exists() else []
+    if lines:
+        kept_figs[name] = "\n".join(["| key | value |", "| --- | --- |"] + [f"| `{k}` | {v} |" for k, v in lines])
+    else:
+        kept_figs[name] = "(no figures printed)"
+    if name not in order:
+        order.append(name)
+rows = {**kept_rows, **rows}
+
+out = [begin, "", "_Written by `scripts/reliability.sh`; do not edit by hand. Each row says when, on which commit and in "
+       "which mode that test last ran: `scripts/reliability.sh NAME` reruns one test and keeps the others' figures._", "",
+       f"- last run: {now}, {mode} mode ({env_line}): {', '.join(ran) or 'no test'}", f"- machine: {machine}", f"- toolchain: {rustc}", ""]
+out += ["| test | result | seconds | mode | run | commit | command |", "| --- | --- | --- | --- | --- | --- | --- |"]
+for name in order:
+    status, secs, m, date, c, cmd = rows[name]
+    out.append(f"| {name} | {status} | {secs} | {m} | {date} | {c} | `{cmd}` |")
+for name in order:
+    out += ["", f"### {name}", "", kept_figs.get(name, "(no figures printed)")]
+out += ["", end]
 doc.write_text(head + "\n".join(out) + tail)
 PY
 echo "docs/RELIABILITY.md figures rewritten ($mode mode)" >&2
