@@ -350,84 +350,50 @@ impl ChainVerifier {
         let root_at = |size: u64| -> Option<Hash> { roots.iter().find(|(s, _)| *s == size).map(|(_, r)| *r) };
         let mut latest: Option<Checkpoint> = None;
         if let Some(note) = checkpoint {
-            match &opts.verifier {
+            // With a key the checkpoint must open (signature and origin). Without one its signature cannot be
+            // checked, but whether it is a checkpoint of these events can: one that disagrees with the log is
+            // evidence either way (and `import` refuses it), so it is a break without a key too.
+            let (opened, unsigned) = match &opts.verifier {
+                Some(v) => {
+                    self.report.checks.push(format!("checkpoint: signature by {} and root", v.name()));
+                    (open_checkpoint(note, v).map_err(|e| format!("checkpoint does not verify: {e}")), "")
+                }
                 None => {
-                    // The signature needs a pinned key, but whether the checkpoint is one of these events does
-                    // not: a stored checkpoint that disagrees with the log is evidence either way (and `import`
-                    // refuses it), so it is a break even without a key.
                     self.report.checks.push(
                         "checkpoint: root against the events (signature not checked: no verifier key given)".into(),
                     );
-                    match checkpoint_unverified(note) {
-                        None => {
-                            let seq = self.report.head_seq;
-                            self.add(
-                                seq,
-                                BreakKind::CheckpointMismatch,
-                                "the stored checkpoint does not parse".into(),
-                                None,
-                                None,
-                            );
-                        }
-                        Some(cp) => match root_at(cp.size) {
-                            Some(r) if r == cp.root => {}
-                            Some(r) => self.add(
-                                cp.size,
-                                BreakKind::CheckpointMismatch,
-                                format!(
-                                    "the stored checkpoint's root for size {} does not match the events (its signature was not checked)",
-                                    cp.size
-                                ),
-                                Some(to_hex(&cp.root)),
-                                Some(to_hex(&r)),
-                            ),
-                            None => self.add(
-                                cp.size,
-                                BreakKind::Truncated,
-                                format!(
-                                    "the stored checkpoint covers {} events but the log has {tree_size} (its signature was not checked)",
-                                    cp.size
-                                ),
-                                Some(cp.size.to_string()),
-                                Some(tree_size.to_string()),
-                            ),
-                        },
-                    }
+                    let parsed =
+                        checkpoint_unverified(note).ok_or_else(|| "the stored checkpoint does not parse".into());
+                    (parsed, " (the stored checkpoint's signature was not checked)")
                 }
-                Some(v) => {
-                    self.report.checks.push(format!("checkpoint: signature by {} and root", v.name()));
-                    match open_checkpoint(note, v) {
-                        Err(e) => {
-                            let seq = self.report.head_seq;
-                            self.add(
-                                seq,
-                                BreakKind::CheckpointMismatch,
-                                format!("checkpoint does not verify: {e}"),
-                                None,
-                                None,
-                            );
-                        }
-                        Ok(cp) => {
-                            self.report.checkpoint_size = Some(cp.size);
-                            match root_at(cp.size) {
-                                Some(r) if r == cp.root => {}
-                                Some(r) => self.add(
-                                    cp.size,
-                                    BreakKind::CheckpointMismatch,
-                                    format!("signed root for size {} does not match the events", cp.size),
-                                    Some(to_hex(&cp.root)),
-                                    Some(to_hex(&r)),
-                                ),
-                                None => self.add(
-                                    cp.size,
-                                    BreakKind::Truncated,
-                                    format!("checkpoint covers {} events but the log has {tree_size}", cp.size),
-                                    Some(cp.size.to_string()),
-                                    Some(tree_size.to_string()),
-                                ),
-                            }
-                            latest = Some(cp);
-                        }
+            };
+            match opened {
+                Err(detail) => {
+                    let seq = self.report.head_seq;
+                    self.add(seq, BreakKind::CheckpointMismatch, detail, None, None);
+                }
+                Ok(cp) => {
+                    match root_at(cp.size) {
+                        Some(r) if r == cp.root => {}
+                        Some(r) => self.add(
+                            cp.size,
+                            BreakKind::CheckpointMismatch,
+                            format!("signed root for size {} does not match the events{unsigned}", cp.size),
+                            Some(to_hex(&cp.root)),
+                            Some(to_hex(&r)),
+                        ),
+                        None => self.add(
+                            cp.size,
+                            BreakKind::Truncated,
+                            format!("checkpoint covers {} events but the log has {tree_size}{unsigned}", cp.size),
+                            Some(cp.size.to_string()),
+                            Some(tree_size.to_string()),
+                        ),
+                    }
+                    // Only an opened checkpoint counts as the log's signed size (and for `--since`).
+                    if opts.verifier.is_some() {
+                        self.report.checkpoint_size = Some(cp.size);
+                        latest = Some(cp);
                     }
                 }
             }
