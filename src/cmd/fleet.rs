@@ -239,13 +239,13 @@ impl Target {
                 .collect();
         };
         // A server serves telemetry per device: ask each live device for an empty range, which still carries
-        // every GPU's latest sample.
-        let head = r.head()?;
+        // every GPU's latest sample. No `min_seq`: `devices` (read just before, see `fleet`) already waited
+        // until every projection had applied the server's head, and projections never go back.
         let now = now_ms();
         let mut out = Vec::new();
         for d in devices.iter().filter(|d| !d.decommissioned) {
             let q = TelemetryQuery { device: d.device_id.clone(), from: Some(now), to: Some(now), gpu: None };
-            let answer: DeviceTelemetryView = match r.rt.block_on(r.client.telemetry(&q, head)) {
+            let answer: DeviceTelemetryView = match r.rt.block_on(r.client.telemetry(&q, None)) {
                 Ok(v) => serde_json::from_value(v).context("read telemetry")?,
                 Err(e) if e.status() == Some(404) => continue,
                 Err(e) => return Err(anyhow::Error::new(e)),

@@ -131,10 +131,6 @@ impl Target {
         }
     }
 
-    fn remote_head(r: &Remote) -> anyhow::Result<Option<u64>> {
-        r.head()
-    }
-
     /// Submits commands. Locally they run as `actor` (default: the system); remotely the identity is the
     /// client certificate's, so `actor` must be `None`. One result per submission, in order.
     pub fn submit(&self, subs: Vec<Submission>, actor: Option<Actor>) -> anyhow::Result<Vec<BatchItemResult>> {
@@ -184,7 +180,7 @@ impl Target {
                 let devices = Target::local_projector(c, |p| p.devices(now_ms(), HEARTBEAT))?;
                 devices.into_iter().map(|d| serde_json::to_value(d).context("render device")).collect()
             }
-            Target::Remote(r) => r.rt.block_on(r.client.devices(Target::remote_head(r)?)).map_err(remote_err),
+            Target::Remote(r) => r.rt.block_on(r.client.devices(r.head()?)).map_err(remote_err),
         }
     }
 
@@ -197,7 +193,7 @@ impl Target {
                 })?;
                 found.map(|d| serde_json::to_value(d).context("render device")).transpose()
             }
-            Target::Remote(r) => match r.rt.block_on(r.client.device(id, Target::remote_head(r)?)) {
+            Target::Remote(r) => match r.rt.block_on(r.client.device(id, r.head()?)) {
                 Ok(v) => Ok(Some(v)),
                 Err(e) if e.code() == Some("device_unknown") => Ok(None),
                 Err(e) => Err(remote_err(e)),
@@ -214,7 +210,7 @@ impl Target {
                 })?;
                 found.map(|t| serde_json::to_value(t).context("render telemetry")).transpose()
             }
-            Target::Remote(r) => match r.rt.block_on(r.client.telemetry(q, Target::remote_head(r)?)) {
+            Target::Remote(r) => match r.rt.block_on(r.client.telemetry(q, r.head()?)) {
                 Ok(v) => Ok(Some(v)),
                 Err(e) if e.status() == Some(404) => Ok(None),
                 Err(e) => Err(remote_err(e)),
@@ -229,7 +225,7 @@ impl Target {
                 let jobs = Target::local_projector(c, Projector::jobs)?;
                 jobs.into_iter().map(|j| serde_json::to_value(j).context("render job")).collect()
             }
-            Target::Remote(r) => r.rt.block_on(r.client.jobs(Target::remote_head(r)?)).map_err(remote_err),
+            Target::Remote(r) => r.rt.block_on(r.client.jobs(r.head()?)).map_err(remote_err),
         }
     }
 
@@ -240,7 +236,7 @@ impl Target {
                 let report = Target::local_projector(c, |p| p.cost(now_ms(), window, by))?;
                 serde_json::to_value(report).context("render cost")
             }
-            Target::Remote(r) => r.rt.block_on(r.client.cost(window, by, Target::remote_head(r)?)).map_err(remote_err),
+            Target::Remote(r) => r.rt.block_on(r.client.cost(window, by, r.head()?)).map_err(remote_err),
         }
     }
 
@@ -251,7 +247,7 @@ impl Target {
                 let view = Target::local_projector(c, |p| p.dashboard(now_ms(), HEARTBEAT))?;
                 serde_json::to_value(view).context("render dashboard")
             }
-            Target::Remote(r) => r.rt.block_on(r.client.dashboard(Target::remote_head(r)?)).map_err(remote_err),
+            Target::Remote(r) => r.rt.block_on(r.client.dashboard(r.head()?)).map_err(remote_err),
         }
     }
 }
