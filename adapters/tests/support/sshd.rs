@@ -161,7 +161,9 @@ impl Sshd {
     fn write_config(&self) {
         let d = self.dir.path().display();
         // LogLevel VERBOSE: tests count logins in the log. Not DEBUG: with -e, sshd would copy debug
-        // lines into the sessions' stderr.
+        // lines into the sessions' stderr. SetEnv HOME: sessions run the login user's shell, and bash run by
+        // sshd reads ~/.bashrc; the machine's own (root's, here) must not run in them — one that runs
+        // `pyenv init` waits on a lock a killed session can leave behind, so every command timed out.
         let config = format!(
             "Port {port}\n\
              ListenAddress 127.0.0.1\n\
@@ -177,7 +179,8 @@ impl Sshd {
              PermitUserEnvironment yes\n\
              MaxStartups 100\n\
              MaxSessions 50\n\
-             LogLevel VERBOSE\n",
+             LogLevel VERBOSE\n\
+             SetEnv HOME={d}\n",
             port = self.port
         );
         fs::write(self.dir.path().join("sshd_config"), config)
